@@ -1,0 +1,183 @@
+#include "cli.h"
+
+#include <boost/program_options.hpp>
+#include <sstream>
+
+namespace po = boost::program_options;
+
+namespace cw {
+namespace {
+
+constexpr const char* kUsage =
+    "Usage: capturewatch COMMAND [OPTIONS]\n"
+    "\n"
+    "Verifies, connection by connection, that a pod's outbound TCP traffic is\n"
+    "captured by its Istio sidecar (redirected to the outbound port 15001).\n"
+    "\n"
+    "Commands:\n"
+    "  run       the agent: watch network namespaces and report verdicts\n"
+    "  lab       build a simulated gateway pod on this machine and run the agent on it\n"
+    "  version   print the version\n"
+    "\n"
+    "Run 'capturewatch COMMAND --help' for the options of a command.\n";
+
+struct CommonRaw {
+  std::string log_format = "text";
+  std::string log_level;
+  std::string metrics_address;
+  int redirect_port = 15001;
+  int grace_ms = 200;
+  int ring_buffer_kb = 4096;
+};
+
+void addCommon(po::options_description& desc, CommonRaw& raw, const char* default_level,
+               bool with_redirect_port) {
+  raw.log_level = default_level;
+  if (with_redirect_port) {
+    desc.add_options()("redirect-port", po::value<int>(&raw.redirect_port)->default_value(15001),
+                       "the sidecar's outbound capture port (Istio: 15001)");
+  }
+  desc.add_options()
+      ("grace-ms", po::value<int>(&raw.grace_ms)->default_value(200),
+       "how long a connection waits for the sidecar's accept before it is reported bypassed")
+      ("log-format", po::value<std::string>(&raw.log_format)->default_value("text"),
+       "text | json (one JSON object per line)")
+      ("log-level", po::value<std::string>(&raw.log_level)->default_value(default_level),
+       "trace | debug (one line per verdict) | info | warn | error")
+      ("metrics-address", po::value<std::string>(&raw.metrics_address),
+       "serve Prometheus metrics on HOST:PORT at /metrics (off when not given)")
+      ("ring-buffer-kb", po::value<int>(&raw.ring_buffer_kb)->default_value(4096),
+       "kernel ring buffer size in KiB (a power of two, at least 4)")
+      ("help,h", "show this help");
+}
+
+CommonOptions finishCommon(const CommonRaw& raw) {
+  CommonOptions c;
+  auto format = logging::parseFormat(raw.log_format);
+  if (!format) throw UsageError("--log-format must be text or json, got '" + raw.log_format + "'");
+  c.log_format = *format;
+  auto level = logging::parseLevel(raw.log_level);
+  if (!level) {
+    throw UsageError("--log-level must be trace, debug, info, warn or error, got '" +
+                     raw.log_level + "'");
+  }
+  c.log_level = *level;
+  if (raw.redirect_port < 1 || raw.redirect_port > 65535) {
+    throw UsageError("--redirect-port must be between 1 and 65535, got " +
+                     std::to_string(raw.redirect_port));
+  }
+  c.redirect_port = static_cast<uint16_t>(raw.redirect_port);
+  if (raw.grace_ms < 1 || raw.grace_ms > 60000) {
+    throw UsageError("--grace-ms must be between 1 and 60000, got " + std::to_string(raw.grace_ms));
+  }
+  c.grace_ms = static_cast<uint32_t>(raw.grace_ms);
+  if (raw.ring_buffer_kb < 4 || raw.ring_buffer_kb > (1 << 20) ||
+      (raw.ring_buffer_kb & (raw.ring_buffer_kb - 1)) != 0) {
+    throw UsageError("--ring-buffer-kb must be a power of two between 4 and 1048576, got " +
+                     std::to_string(raw.ring_buffer_kb));
+  }
+  c.ring_buffer_kb = static_cast<uint32_t>(raw.ring_buffer_kb);
+  if (!raw.metrics_address.empty()) checkListenAddress("--metrics-address", raw.metrics_address);
+  c.metrics_address = raw.metrics_address;
+  return c;
+}
+
+po::variables_map parse(const po::options_description& desc, const std::vector<std::string>& args) {
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(desc).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    throw UsageError(e.what());
+  }
+  return vm;
+}
+
+std::string helpText(const std::string& synopsis, const po::options_description& desc) {
+  std::ostringstream out;
+  out << synopsis << "\n\n" << desc;
+  return out.str();
+}
+
+uint32_t nonNegative(const char* flag, int value) {
+  if (value < 0) throw UsageError(std::string(flag) + " must not be negative");
+  return static_cast<uint32_t>(value);
+}
+
+}  // namespace
+
+void checkListenAddress(const std::string& flag, const std::string& value) {
+  auto colon = value.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 >= value.size()) {
+    throw UsageError(flag + " must be HOST:PORT, got '" + value + "'");
+  }
+  const std::string port = value.substr(colon + 1);
+  if (port.find_first_not_of("0123456789") != std::string::npos || port.size() > 5 ||
+      std::stoi(port) > 65535) {
+    throw UsageError(flag + ": bad port in '" + value + "'");
+  }
+}
+
+Command parseCommandLine(const std::vector<std::string>& args) {
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    return HelpRequest{kUsage};
+  }
+  const std::string& cmd = args[0];
+  const std::vector<std::string> rest(args.begin() + 1, args.end());
+
+  if (cmd == "version" || cmd == "--version") return VersionRequest{};
+
+  if (cmd == "run") {
+    RunOptions opts;
+    CommonRaw raw;
+    int summary = 60;
+    int duration = 0;
+    po::options_description desc("Options");
+    desc.add_options()
+        ("netns", po::value<std::vector<std::string>>(&opts.netns_paths),
+         "network namespace to watch: /proc/PID/ns/net or /run/netns/NAME (repeatable)")
+        ("proxy-cgroup", po::value<std::vector<std::string>>(&opts.proxy_cgroups),
+         "cgroup v2 directory of a sidecar proxy: its connections are 'proxy' (repeatable)")
+        ("summary-interval", po::value<int>(&summary)->default_value(60),
+         "seconds between per-pod summary lines")
+        ("duration", po::value<int>(&duration)->default_value(0),
+         "stop after this many seconds (0: run until SIGINT/SIGTERM)");
+    addCommon(desc, raw, "info", true);
+    auto vm = parse(desc, rest);
+    if (vm.count("help")) return HelpRequest{helpText("Usage: capturewatch run --netns PATH [OPTIONS]", desc)};
+    opts.common = finishCommon(raw);
+    if (opts.netns_paths.empty()) throw UsageError("run needs at least one --netns PATH");
+    if (summary < 1) throw UsageError("--summary-interval must be at least 1 second");
+    opts.summary_interval_s = static_cast<uint32_t>(summary);
+    opts.duration_s = nonNegative("--duration", duration);
+    return opts;
+  }
+
+  if (cmd == "lab") {
+    LabOptions opts;
+    CommonRaw raw;
+    int duration = 15;
+    int interval = 1000;
+    po::options_description desc("Options");
+    desc.add_options()
+        ("duration", po::value<int>(&duration)->default_value(15),
+         "seconds of traffic before the final report")
+        ("interval-ms", po::value<int>(&interval)->default_value(1000),
+         "pause between rounds of app calls");
+    addCommon(desc, raw, "debug", false);
+    auto vm = parse(desc, rest);
+    if (vm.count("help")) return HelpRequest{helpText("Usage: capturewatch lab [OPTIONS]", desc)};
+    opts.common = finishCommon(raw);
+    if (duration < 1 || duration > 3600) throw UsageError("--duration must be between 1 and 3600");
+    if (interval < 10 || interval > 60000) {
+      throw UsageError("--interval-ms must be between 10 and 60000");
+    }
+    opts.duration_s = static_cast<uint32_t>(duration);
+    opts.interval_ms = static_cast<uint32_t>(interval);
+    return opts;
+  }
+
+  throw UsageError("unknown command '" + cmd + "' (commands: run, lab, version)");
+}
+
+}  // namespace cw

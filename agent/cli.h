@@ -1,0 +1,57 @@
+// Command-line parsing (Boost.Program_options). Pure: argv in, options or
+// a usage error out; paths are checked later, when they are opened.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "logging.h"
+
+namespace cw {
+
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct CommonOptions {
+  logging::Format log_format = logging::Format::Text;
+  spdlog::level::level_enum log_level = spdlog::level::info;
+  std::string metrics_address;  // empty: no HTTP server
+  uint16_t redirect_port = 15001;
+  uint32_t grace_ms = 200;
+  uint32_t ring_buffer_kb = 4096;
+};
+
+struct RunOptions {
+  CommonOptions common;
+  std::vector<std::string> netns_paths;
+  std::vector<std::string> proxy_cgroups;
+  uint32_t summary_interval_s = 60;
+  uint32_t duration_s = 0;  // 0: until SIGINT/SIGTERM
+};
+
+struct LabOptions {
+  CommonOptions common;
+  uint32_t duration_s = 15;
+  uint32_t interval_ms = 1000;  // between rounds of app calls
+};
+
+struct HelpRequest {
+  std::string text;
+};
+struct VersionRequest {};
+
+using Command = std::variant<RunOptions, LabOptions, HelpRequest, VersionRequest>;
+
+// args excludes the program name. Throws UsageError with a one-line message.
+Command parseCommandLine(const std::vector<std::string>& args);
+
+// Parses "HOST:PORT" / "[V6]:PORT"; throws UsageError naming the flag.
+void checkListenAddress(const std::string& flag, const std::string& value);
+
+}  // namespace cw

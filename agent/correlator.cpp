@@ -1,0 +1,272 @@
+#include "correlator.h"
+
+#include <cstring>
+#include <iterator>
+
+namespace cw {
+
+namespace {
+
+// splitmix64's finaliser: every input bit affects every output bit.
+constexpr uint64_t mix(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  x ^= x >> 31;
+  return x;
+}
+
+}  // namespace
+
+size_t Correlator::JoinKeyHash::operator()(const JoinKey& k) const noexcept {
+  uint64_t hi;
+  uint64_t lo;
+  std::memcpy(&hi, k.app.addr.bytes.data(), sizeof hi);
+  std::memcpy(&lo, k.app.addr.bytes.data() + 8, sizeof lo);
+  const uint64_t netns_port = (uint64_t{k.netns} << 16) | k.app.port;
+  return static_cast<size_t>(mix(hi ^ mix(lo ^ mix(netns_port))));
+}
+
+Correlator::Correlator(Config config) : config_(config) {}
+
+void Correlator::addProxyCgroup(uint64_t cgroup_id) { proxy_cgroups_.insert(cgroup_id); }
+
+void Correlator::removeProxyCgroup(uint64_t cgroup_id) { proxy_cgroups_.erase(cgroup_id); }
+
+size_t Correlator::pendingConnections() const { return pending_.size(); }
+
+size_t Correlator::pendingAccepts() const { return accepts_.size(); }
+
+size_t Correlator::followed() const { return followed_.size(); }
+
+Connection Correlator::connectionOf(const ConnEvent& ev) {
+  Connection c;
+  c.flags = ev.flags;
+  c.netns = ev.netns;
+  c.pid = ev.pid;
+  c.uid = ev.uid;
+  c.gid = ev.gid;
+  c.cgroup_id = ev.cgroup_id;
+  c.sock_id = ev.sock_id;
+  c.established_ns = ev.ts_ns;
+  c.src = ev.src;
+  c.dst = ev.dst;
+  c.comm = ev.comm;
+  return c;
+}
+
+void Correlator::onEvent(const ConnEvent& ev, std::vector<Decision>& out) {
+  ++stats_.events;
+  switch (ev.kind) {
+    case EventKind::ActiveEstablished:
+      onActiveEstablished(ev, out);
+      return;
+    case EventKind::ActiveFailed:
+      onActiveFailed(ev, out);
+      return;
+    case EventKind::PassiveEstablished:
+      onPassiveEstablished(ev, out);
+      return;
+    case EventKind::ActiveClosed:
+      onActiveClosed(ev, out);
+      return;
+  }
+}
+
+void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
+  if (pending_by_sock_.contains(ev.sock_id) || followed_.contains(ev.sock_id)) {
+    ++stats_.duplicates;
+    return;
+  }
+  Connection conn = connectionOf(ev);
+
+  // The sidecar's accept arrived first (events of different CPUs reorder).
+  // One older than the grace window is an orphan whose app port was reused,
+  // not this connection's.
+  if (auto it = accepts_.find(keyOf(conn)); it != accepts_.end()) {
+    const uint64_t accept_ns = it->second.first;
+    accepts_by_time_.erase(it->second);
+    accepts_.erase(it);
+    if (accept_ns <= ev.ts_ns && ev.ts_ns - accept_ns >= config_.grace_ns) {
+      ++stats_.orphan_accepts;
+    } else {
+      conn.verdict = Verdict::Captured;
+      conn.decided_ns = ev.ts_ns;
+      out.push_back(Decision{Decision::Type::Verdict, conn});
+      return;
+    }
+  }
+  if (isProxy(conn.cgroup_id)) {
+    conn.verdict = Verdict::Proxy;
+  } else if (isLocal(conn.src, conn.dst)) {
+    conn.verdict = Verdict::Local;
+  } else {
+    addPending(conn);
+    return;
+  }
+  conn.decided_ns = ev.ts_ns;
+  out.push_back(Decision{Decision::Type::Verdict, conn});
+}
+
+void Correlator::onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out) {
+  if (pending_by_sock_.contains(ev.sock_id) || followed_.contains(ev.sock_id)) {
+    ++stats_.duplicates;
+    return;
+  }
+  Connection conn = connectionOf(ev);
+  conn.verdict = isProxy(conn.cgroup_id)        ? Verdict::Proxy
+                 : isLocal(conn.src, conn.dst) ? Verdict::Local
+                                               : Verdict::Bypassed;
+  conn.outcome = (ev.flags & CW_F_RESET_RECEIVED) != 0 ? Outcome::Refused : Outcome::Failed;
+  conn.decided_ns = ev.ts_ns;
+  out.push_back(Decision{Decision::Type::Verdict, conn});
+}
+
+void Correlator::onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
+  const JoinKey key{ev.netns, ev.dst};  // the accepted socket's peer is the app's end
+  if (auto k = pending_by_key_.find(key); k != pending_by_key_.end()) {
+    auto it = pending_.find(k->second);
+    out.push_back(Decision{Decision::Type::Verdict, it->second});
+    out.back().conn.verdict = Verdict::Captured;
+    out.back().conn.decided_ns = ev.ts_ns;
+    erasePending(it);
+    return;
+  }
+  addAccept(key, ev.ts_ns);
+}
+
+void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out) {
+  if (auto s = pending_by_sock_.find(ev.sock_id); s != pending_by_sock_.end()) {
+    // Still waiting for its accept: keep the outcome for the verdict. The
+    // socket is gone, so its id no longer names this connection.
+    pending_.find(s->second)->second.outcome = outcomeFromClose(ev.flags, ev.bytes_received);
+    pending_by_sock_.erase(s);
+    return;
+  }
+  if (auto f = followed_.find(ev.sock_id); f != followed_.end()) {
+    out.push_back(Decision{Decision::Type::Outcome, f->second.conn});
+    out.back().conn.outcome = outcomeFromClose(ev.flags, ev.bytes_received);
+    followed_order_.erase(f->second.seq);
+    followed_.erase(f);
+  }
+  // Otherwise a connection already reported closed (captured, proxy, local,
+  // or evicted): nothing to report.
+}
+
+void Correlator::expire(uint64_t now_ns, std::vector<Decision>& out) {
+  if (now_ns < config_.grace_ns) return;
+  const uint64_t cutoff = now_ns - config_.grace_ns;  // expired: ts + grace <= now
+
+  for (auto it = pending_.begin(); it != pending_.end() && it->first.first <= cutoff;) {
+    Connection conn = it->second;
+    conn.verdict = Verdict::Bypassed;
+    conn.decided_ns = now_ns;
+    it = erasePending(it);
+    out.push_back(Decision{Decision::Type::Verdict, conn});
+    if (conn.outcome == Outcome::Open) follow(conn);
+  }
+
+  for (auto it = accepts_by_time_.begin();
+       it != accepts_by_time_.end() && it->first.first <= cutoff;) {
+    accepts_.erase(it->second);
+    it = accepts_by_time_.erase(it);
+    ++stats_.orphan_accepts;
+  }
+}
+
+void Correlator::forgetNetns(uint32_t netns) {
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    it = it->second.netns == netns ? erasePending(it) : std::next(it);
+  }
+  for (auto it = accepts_by_time_.begin(); it != accepts_by_time_.end();) {
+    if (it->second.netns == netns) {
+      accepts_.erase(it->second);
+      it = accepts_by_time_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = followed_.begin(); it != followed_.end();) {
+    if (it->second.conn.netns == netns) {
+      followed_order_.erase(it->second.seq);
+      it = followed_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Correlator::addPending(const Connection& conn) {
+  if (config_.max_pending == 0) {
+    ++stats_.pending_evicted;
+    return;
+  }
+  if (pending_.size() >= config_.max_pending) {
+    // Drop the oldest without a verdict: its accept may still have come.
+    erasePending(pending_.begin());
+    ++stats_.pending_evicted;
+  }
+  const Stamp stamp{conn.established_ns, seq_++};
+  pending_.emplace_hint(pending_.end(), stamp, conn);
+  pending_by_sock_[conn.sock_id] = stamp;
+  // Takes the key over from an older pending connection of the same app
+  // endpoint (the port was reused after a close): the next accept is this
+  // one's, the older one is decided at its expiry.
+  pending_by_key_[keyOf(conn)] = stamp;
+}
+
+std::map<Correlator::Stamp, Connection>::iterator Correlator::erasePending(
+    std::map<Stamp, Connection>::iterator it) {
+  const Connection& conn = it->second;
+  if (auto s = pending_by_sock_.find(conn.sock_id);
+      s != pending_by_sock_.end() && s->second == it->first) {
+    pending_by_sock_.erase(s);
+  }
+  if (auto k = pending_by_key_.find(keyOf(conn)); k != pending_by_key_.end() && k->second == it->first) {
+    pending_by_key_.erase(k);
+  }
+  return pending_.erase(it);
+}
+
+void Correlator::addAccept(const JoinKey& key, uint64_t ts_ns) {
+  const Stamp stamp{ts_ns, seq_++};
+  if (auto it = accepts_.find(key); it != accepts_.end()) {
+    ++stats_.duplicates;  // the later accept replaces the earlier one
+    accepts_by_time_.erase(it->second);
+    it->second = stamp;
+    accepts_by_time_.emplace(stamp, key);
+    return;
+  }
+  if (config_.max_pending == 0) {
+    ++stats_.pending_evicted;
+    return;
+  }
+  if (accepts_.size() >= config_.max_pending) {
+    auto oldest = accepts_by_time_.begin();
+    accepts_.erase(oldest->second);
+    accepts_by_time_.erase(oldest);
+    ++stats_.pending_evicted;
+  }
+  accepts_.emplace(key, stamp);
+  accepts_by_time_.emplace_hint(accepts_by_time_.end(), stamp, key);
+}
+
+void Correlator::follow(const Connection& conn) {
+  if (config_.max_followed == 0) {
+    ++stats_.followed_evicted;
+    return;
+  }
+  if (followed_.size() >= config_.max_followed) {
+    auto oldest = followed_order_.begin();
+    followed_.erase(oldest->second);
+    followed_order_.erase(oldest);
+    ++stats_.followed_evicted;
+  }
+  const uint64_t seq = seq_++;
+  if (followed_.try_emplace(conn.sock_id, Followed{conn, seq}).second) {
+    followed_order_.emplace_hint(followed_order_.end(), seq, conn.sock_id);
+  }
+}
+
+}  // namespace cw

@@ -1,0 +1,126 @@
+// The correlator: pure logic that joins the app's connect events with the
+// sidecar's accepts on the redirect port and decides a verdict for each
+// outbound connection. No I/O, no clocks, no globals: events and "now" come
+// in, decisions go out, so it is unit-tested with synthetic streams.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+#include "event.h"
+#include "verdict.h"
+
+namespace cw {
+
+struct Decision {
+  enum class Type : uint8_t {
+    Verdict,  // first report of a connection
+    Outcome,  // later report: a bypassed connection reported Open has ended
+  };
+  Type type = Type::Verdict;
+  Connection conn;
+};
+
+class Correlator {
+ public:
+  struct Config {
+    uint64_t grace_ns = 200'000'000;  // how long an app connection waits for its accept
+    size_t max_pending = 65536;       // undecided app connections; unmatched accepts, each
+    size_t max_followed = 65536;      // bypassed connections followed to their end
+  };
+
+  struct Stats {
+    uint64_t events = 0;           // events accepted by onEvent
+    uint64_t duplicates = 0;       // an event already seen for the same socket
+    uint64_t orphan_accepts = 0;   // accepts on the redirect port no app connection claimed
+    uint64_t pending_evicted = 0;  // pending entries dropped because max_pending was reached
+    uint64_t followed_evicted = 0; // followed bypasses dropped because max_followed was reached
+  };
+
+  explicit Correlator(Config config);
+
+  // Sockets whose owner is in one of these cgroup v2 ids are the proxy's.
+  void addProxyCgroup(uint64_t cgroup_id);
+  void removeProxyCgroup(uint64_t cgroup_id);
+
+  // Forget everything pending for a netns (its target went away); nothing
+  // is emitted for it.
+  void forgetNetns(uint32_t netns);
+
+  // Feeds one event; decisions reached are appended to out.
+  void onEvent(const ConnEvent& ev, std::vector<Decision>& out);
+
+  // Decides every pending app connection whose grace window ended at
+  // now_ns (CLOCK_MONOTONIC, the clock of ConnEvent::ts_ns) as bypassed,
+  // and drops accepts no connection claimed. Call after draining events.
+  void expire(uint64_t now_ns, std::vector<Decision>& out);
+
+  size_t pendingConnections() const;
+  size_t pendingAccepts() const;
+  size_t followed() const;
+  const Stats& stats() const { return stats_; }
+
+ private:
+  struct JoinKey {
+    uint32_t netns;
+    Endpoint app;
+    friend bool operator==(const JoinKey&, const JoinKey&) = default;
+  };
+  struct JoinKeyHash {
+    size_t operator()(const JoinKey& k) const noexcept;
+  };
+  // Position in time: (CLOCK_MONOTONIC ns, arrival number). Unique, and
+  // orders entries oldest first, ties in order of arrival.
+  using Stamp = std::pair<uint64_t, uint64_t>;
+  struct Followed {
+    Connection conn;
+    uint64_t seq;  // key in followed_order_
+  };
+
+  static JoinKey keyOf(const Connection& c) { return JoinKey{c.netns, c.src}; }
+  bool isProxy(uint64_t cgroup_id) const { return proxy_cgroups_.contains(cgroup_id); }
+  static bool isLocal(const Endpoint& src, const Endpoint& dst) {
+    return dst.addr.isLoopback() || dst.addr == src.addr;
+  }
+  static Connection connectionOf(const ConnEvent& ev);
+
+  void onActiveEstablished(const ConnEvent& ev, std::vector<Decision>& out);
+  void onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out);
+  void onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>& out);
+  void onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out);
+
+  void addPending(const Connection& conn);
+  // Removes a pending entry and its index entries; returns the next one.
+  std::map<Stamp, Connection>::iterator erasePending(std::map<Stamp, Connection>::iterator it);
+  void addAccept(const JoinKey& key, uint64_t ts_ns);
+  void follow(const Connection& conn);
+
+  Config config_;
+  Stats stats_;
+  uint64_t seq_ = 0;  // arrival counter for Stamp
+  std::unordered_set<uint64_t> proxy_cgroups_;
+  // Undecided app connections, oldest (established_ns) first, so that
+  // expiry and eviction take from the front.
+  std::map<Stamp, Connection> pending_;
+  // Pending sockets still open, by sock_id. A close removes the socket from
+  // here (its id may be reused by the kernel at once) but the connection
+  // stays pending until its accept or the end of its grace window.
+  std::unordered_map<uint64_t, Stamp> pending_by_sock_;
+  // Pending connections by join key.
+  std::unordered_map<JoinKey, Stamp, JoinKeyHash> pending_by_key_;
+  // Accepts seen before their app connection: join key -> (ts_ns, seq), and
+  // the same oldest first.
+  std::unordered_map<JoinKey, Stamp, JoinKeyHash> accepts_;
+  std::map<Stamp, JoinKey> accepts_by_time_;
+  // Bypassed connections reported Open, waiting for their close, by sock_id;
+  // followed_order_ (seq -> sock_id) finds the oldest to evict.
+  std::unordered_map<uint64_t, Followed> followed_;
+  std::map<uint64_t, uint64_t> followed_order_;
+};
+
+}  // namespace cw

@@ -1,0 +1,86 @@
+// C++ view of the BPF boundary (bpf/capture.h): layout checks, address
+// normalisation and decoding of ring-buffer records into ConnEvent.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+
+extern "C" {
+#include "capture.h"
+}
+
+namespace cw {
+
+static_assert(sizeof(cw_event) == 104, "cw_event layout changed: update agent and BPF together");
+static_assert(offsetof(cw_event, ts_ns) == 0);
+static_assert(offsetof(cw_event, netns) == 32);
+static_assert(offsetof(cw_event, saddr) == 48);
+static_assert(offsetof(cw_event, sport) == 80);
+static_assert(offsetof(cw_event, comm) == 88);
+
+// An IP address in IPv6 form: IPv4 addresses are stored v4-mapped
+// (::ffff:a.b.c.d), so an AF_INET socket and a dual-stack AF_INET6 socket
+// that talk to the same IPv4 peer produce equal keys.
+struct Address {
+  std::array<uint8_t, 16> bytes{};
+
+  static Address fromV4(const uint8_t network_order[4]);
+  static Address fromV6(const uint8_t network_order[16]);
+  // Parses "198.18.0.1", "2001:2::1" or "::ffff:198.18.0.1".
+  static std::optional<Address> parse(const std::string& text);
+
+  bool isV4() const;  // v4-mapped
+  bool isLoopback() const;
+  bool isUnspecified() const;
+  std::string str() const;  // dotted quad for v4, RFC 5952 for v6
+
+  friend bool operator==(const Address&, const Address&) = default;
+};
+
+struct Endpoint {
+  Address addr;
+  uint16_t port = 0;  // host byte order
+
+  // "198.18.0.1:80" or "[2001:2::1]:80"
+  std::string str() const;
+  friend bool operator==(const Endpoint&, const Endpoint&) = default;
+};
+
+enum class EventKind : uint8_t {
+  ActiveEstablished = CW_EV_ACTIVE_ESTABLISHED,
+  ActiveFailed = CW_EV_ACTIVE_FAILED,
+  PassiveEstablished = CW_EV_PASSIVE_ESTABLISHED,
+  ActiveClosed = CW_EV_ACTIVE_CLOSED,
+};
+
+// One decoded ring-buffer record. For Active* events src is the app's end
+// and dst its destination as the app asked for it (pre-NAT). For
+// PassiveEstablished src is the sidecar's end (port = redirect port) and
+// dst the peer, i.e. the app's end.
+struct ConnEvent {
+  EventKind kind = EventKind::ActiveEstablished;
+  uint8_t flags = 0;  // CW_F_*
+  uint64_t ts_ns = 0;  // CLOCK_MONOTONIC
+  uint64_t sock_id = 0;
+  uint64_t cgroup_id = 0;
+  uint64_t bytes_received = 0;
+  uint32_t netns = 0;
+  uint32_t pid = 0;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  Endpoint src;
+  Endpoint dst;
+  std::array<char, CW_COMM_LEN> comm{};
+
+  bool ownerKnown() const { return (flags & CW_F_OWNER_KNOWN) != 0; }
+  std::string commStr() const;
+};
+
+// Decodes one ring-buffer record; nullopt if it is too short or of an
+// unknown kind (never trusts the kernel side blindly).
+std::optional<ConnEvent> decodeEvent(std::span<const uint8_t> raw);
+
+}  // namespace cw

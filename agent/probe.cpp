@@ -1,0 +1,155 @@
+#include "probe.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdarg>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "capture.skel.h"
+
+namespace cw {
+namespace {
+
+// libbpf reports through a process-wide print callback; collect what it
+// says during open/load so a failure can show the verifier log.
+std::mutex g_libbpf_log_mutex;
+std::string* g_libbpf_log = nullptr;
+
+int collectLibbpfLog(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (level == LIBBPF_DEBUG) return 0;
+  std::lock_guard lock(g_libbpf_log_mutex);
+  if (g_libbpf_log == nullptr || g_libbpf_log->size() > (256u << 10)) return 0;
+  char buf[1024];
+  int n = vsnprintf(buf, sizeof buf, fmt, args);
+  if (n > 0) g_libbpf_log->append(buf, std::min<size_t>(static_cast<size_t>(n), sizeof buf - 1));
+  return 0;
+}
+
+class LibbpfLogCapture {
+ public:
+  LibbpfLogCapture() {
+    std::lock_guard lock(g_libbpf_log_mutex);
+    g_libbpf_log = &log_;
+    previous_ = libbpf_set_print(collectLibbpfLog);
+  }
+  ~LibbpfLogCapture() {
+    std::lock_guard lock(g_libbpf_log_mutex);
+    libbpf_set_print(previous_);
+    g_libbpf_log = nullptr;
+  }
+  const std::string& text() const { return log_; }
+
+ private:
+  std::string log_;
+  libbpf_print_fn_t previous_ = nullptr;
+};
+
+std::string privilegeHint(int err) {
+  if (err == EPERM || err == EACCES) {
+    return " (permission denied: run as root, or grant CAP_BPF, CAP_PERFMON and "
+           "CAP_SYS_RESOURCE; kernel.unprivileged_bpf_disabled does not matter then)";
+  }
+  return "";
+}
+
+}  // namespace
+
+std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler) {
+  struct stat st {};
+  if (::stat("/sys/kernel/btf/vmlinux", &st) != 0) {
+    throw ProbeError(
+        "kernel BTF not found (/sys/kernel/btf/vmlinux): capturewatch needs a kernel built with "
+        "CONFIG_DEBUG_INFO_BTF=y");
+  }
+  if (options.ring_buffer_bytes < 4096 ||
+      (options.ring_buffer_bytes & (options.ring_buffer_bytes - 1)) != 0) {
+    throw ProbeError("ring buffer size must be a power of two of at least 4096 bytes, got " +
+                     std::to_string(options.ring_buffer_bytes));
+  }
+
+  std::unique_ptr<Probe> probe(new Probe());
+  probe->handler_ = std::move(handler);
+  LibbpfLogCapture log;
+
+  probe->skel_ = capture_bpf::open();
+  if (probe->skel_ == nullptr) {
+    int err = errno;
+    throw ProbeError("cannot open the BPF object: " + std::string(strerror(err)) + "\n" +
+                     log.text());
+  }
+  probe->skel_->rodata->redirect_port = options.redirect_port;
+  bpf_map__set_max_entries(probe->skel_->maps.events, options.ring_buffer_bytes);
+  bpf_map__set_max_entries(probe->skel_->maps.owners, options.max_tracked_sockets);
+
+  if (int err = capture_bpf::load(probe->skel_); err != 0) {
+    throw ProbeError("cannot load the BPF programs: " + std::string(strerror(-err)) +
+                     privilegeHint(-err) + "\n" + log.text());
+  }
+  if (int err = capture_bpf::attach(probe->skel_); err != 0) {
+    throw ProbeError(
+        "cannot attach to the tracepoints sock/inet_sock_set_state and tcp/tcp_receive_reset: " +
+        std::string(strerror(-err)) + privilegeHint(-err) + "\n" + log.text());
+  }
+  probe->ring_ =
+      ring_buffer__new(bpf_map__fd(probe->skel_->maps.events), &Probe::onRecord, probe.get(), nullptr);
+  if (probe->ring_ == nullptr) {
+    int err = errno;
+    throw ProbeError("cannot open the BPF ring buffer: " + std::string(strerror(err)));
+  }
+  return probe;
+}
+
+Probe::~Probe() {
+  if (ring_ != nullptr) ring_buffer__free(ring_);
+  if (skel_ != nullptr) capture_bpf::destroy(skel_);
+}
+
+int Probe::onRecord(void* ctx, void* data, size_t size) {
+  auto* self = static_cast<Probe*>(ctx);
+  self->handler_(std::span<const uint8_t>(static_cast<const uint8_t*>(data), size));
+  return 0;
+}
+
+void Probe::watchNetns(uint32_t netns_inode, uint32_t target_id) {
+  cw_netns_value value{target_id, 0};
+  if (bpf_map__update_elem(skel_->maps.watched_netns, &netns_inode, sizeof netns_inode, &value,
+                           sizeof value, BPF_ANY) != 0) {
+    int err = errno;
+    throw ProbeError("cannot add netns " + std::to_string(netns_inode) +
+                     " to the watched set: " + strerror(err));
+  }
+}
+
+void Probe::unwatchNetns(uint32_t netns_inode) {
+  bpf_map__delete_elem(skel_->maps.watched_netns, &netns_inode, sizeof netns_inode, 0);
+}
+
+int Probe::poll(int timeout_ms) {
+  int n = ring_buffer__poll(ring_, timeout_ms);
+  if (n == -EINTR) return 0;
+  if (n < 0) throw ProbeError("ring buffer poll failed: " + std::string(strerror(-n)));
+  return n;
+}
+
+ProbeCounters Probe::counters() const {
+  int ncpu = libbpf_num_possible_cpus();
+  std::vector<uint64_t> values(static_cast<size_t>(ncpu > 0 ? ncpu : 1));
+  auto sum = [&](uint32_t idx) -> uint64_t {
+    if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof idx, values.data(),
+                             values.size() * sizeof(uint64_t), 0) != 0) {
+      return 0;
+    }
+    uint64_t total = 0;
+    for (uint64_t v : values) total += v;
+    return total;
+  };
+  return ProbeCounters{sum(CW_CNT_RINGBUF_LOST), sum(CW_CNT_OWNER_INSERT_FAIL), sum(CW_CNT_EVENTS)};
+}
+
+}  // namespace cw

@@ -1,0 +1,76 @@
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+
+#include "agent.h"
+#include "commands.h"
+#include "logging.h"
+#include "targets.h"
+
+namespace cw {
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+void onStopSignal(int) { g_stop.store(true); }
+
+}  // namespace
+
+const std::atomic<bool>& installStopSignals() {
+  struct sigaction sa {};
+  sa.sa_handler = onStopSignal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: interrupt the ring-buffer poll
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  return g_stop;
+}
+
+AgentOptions agentOptionsFrom(const CommonOptions& common, uint32_t summary_interval_s) {
+  AgentOptions a;
+  a.probe.redirect_port = common.redirect_port;
+  a.probe.ring_buffer_bytes = common.ring_buffer_kb * 1024u;
+  a.grace_ns = static_cast<uint64_t>(common.grace_ms) * 1'000'000ull;
+  a.summary_interval = std::chrono::milliseconds(summary_interval_s * 1000ull);
+  a.metrics_address = common.metrics_address;
+  return a;
+}
+
+int runCommand(const RunOptions& options) {
+  // Resolve every path before touching the kernel: a bad flag fails fast
+  // and leaves nothing behind.
+  std::vector<Target> targets;
+  for (const auto& path : options.netns_paths) {
+    Target t;
+    t.id = static_cast<uint32_t>(targets.size());
+    t.netns = netnsInode(path);
+    t.netns_path = path;
+    t.name = targetNameFromPath(path);
+    targets.push_back(std::move(t));
+  }
+  std::vector<uint64_t> proxy_cgroups;
+  for (const auto& path : options.proxy_cgroups) proxy_cgroups.push_back(proxyCgroupId(path));
+
+  logging::init(options.common.log_format, options.common.log_level);
+  const auto& stop = installStopSignals();
+
+  Agent agent(agentOptionsFrom(options.common, options.summary_interval_s));
+  for (uint64_t id : proxy_cgroups) agent.addProxyCgroup(id);
+  for (const auto& t : targets) agent.addTarget(t);
+  logging::info("ready", {{"targets", targets.size()},
+                          {"proxy_cgroups", proxy_cgroups.size()},
+                          {"grace_ms", options.common.grace_ms},
+                          {"metrics_address", options.common.metrics_address}});
+
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  if (options.duration_s > 0) {
+    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(options.duration_s);
+  }
+  agent.run(stop, deadline);
+  logging::info("stopped");
+  return 0;
+}
+
+}  // namespace cw

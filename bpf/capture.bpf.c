@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: GPL-2.0
+/* capturewatch: observe outbound TCP connections of watched network
+ * namespaces and the sidecar's accepts on the redirect port.
+ *
+ * Raw tracepoints only (no kprobes, no fentry, no tracefs needed):
+ *   sock/inet_sock_set_state (sk, oldstate, newstate)
+ *   tcp/tcp_receive_reset    (sk)
+ *
+ * Filtering happens here: a socket whose netns is not in watched_netns
+ * costs one hash lookup at connect() and nothing after. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "capture.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set between open and load. */
+const volatile __u16 redirect_port = 15001;
+
+struct owner {
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 uid;
+	__u32 gid;
+	__u32 netns;
+	__u8 flags;
+	__u8 _pad[7];
+	char comm[CW_COMM_LEN];
+};
+
+/* Active sockets of watched netns, from CLOSE->SYN_SENT until CLOSE.
+ * LRU: a socket whose CLOSE we never see cannot leak an entry forever. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct owner);
+} owners SEC(".maps");
+
+/* Filled by the agent: netns inode -> target. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct cw_netns_value);
+} watched_netns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 * 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CW_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u32 sk_netns(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline bool netns_watched(__u32 netns)
+{
+	return bpf_map_lookup_elem(&watched_netns, &netns) != NULL;
+}
+
+static __always_inline void fill_addrs(struct cw_event *e, const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	e->family = family;
+	if (family == AF_INET) {
+		bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
+		bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
+	} else {
+		bpf_core_read(e->saddr, CW_ADDR_LEN, &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(e->daddr, CW_ADDR_LEN, &sk->__sk_common.skc_v6_daddr);
+	}
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+}
+
+/* Reserve, fill and submit one record; a failed reserve is counted. */
+static __always_inline void emit(const struct sock *sk, __u8 kind, __u32 netns,
+				 const struct owner *o, __u64 bytes_received)
+{
+	struct cw_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(CW_CNT_RINGBUF_LOST);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->sock_id = (__u64)sk;
+	e->bytes_received = bytes_received;
+	e->netns = netns;
+	e->kind = kind;
+	if (o) {
+		e->cgroup_id = o->cgroup_id;
+		e->pid = o->pid;
+		e->uid = o->uid;
+		e->gid = o->gid;
+		e->flags = o->flags | CW_F_OWNER_KNOWN;
+		__builtin_memcpy(e->comm, o->comm, CW_COMM_LEN);
+	} else {
+		e->cgroup_id = 0;
+		e->pid = 0;
+		e->uid = 0;
+		e->gid = 0;
+		e->flags = 0;
+		__builtin_memset(e->comm, 0, CW_COMM_LEN);
+	}
+	__builtin_memset(e->saddr, 0, CW_ADDR_LEN);
+	__builtin_memset(e->daddr, 0, CW_ADDR_LEN);
+	fill_addrs(e, sk);
+	count(CW_CNT_EVENTS);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void record_owner(const struct sock *sk)
+{
+	__u32 netns = sk_netns(sk);
+	if (!netns_watched(netns))
+		return;
+
+	__u64 key = (__u64)sk;
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+	struct owner o = {};
+
+	o.cgroup_id = bpf_get_current_cgroup_id();
+	o.pid = pid_tgid >> 32;
+	o.uid = (__u32)uid_gid;
+	o.gid = uid_gid >> 32;
+	o.netns = netns;
+	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	if (bpf_map_update_elem(&owners, &key, &o, BPF_ANY))
+		count(CW_CNT_OWNER_INSERT_FAIL);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(cw_set_state, struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+
+	/* connect(): process context, the owner is the current task. */
+	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT) {
+		record_owner(sk);
+		return 0;
+	}
+
+	/* The sidecar accepted a connection on the redirect port. */
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+		if (BPF_CORE_READ(sk, __sk_common.skc_num) != redirect_port)
+			return 0;
+		__u32 netns = sk_netns(sk);
+		if (netns_watched(netns))
+			emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0);
+		return 0;
+	}
+
+	__u64 key = (__u64)sk;
+	struct owner *o = bpf_map_lookup_elem(&owners, &key);
+	if (!o)
+		return 0; /* not an app socket of a watched netns */
+
+	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
+		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o->netns, o, 0);
+	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
+		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0);
+		bpf_map_delete_elem(&owners, &key);
+	} else if (newstate == TCP_CLOSE_WAIT) {
+		o->flags |= CW_F_PEER_FIN;
+	} else if (newstate == TCP_CLOSE) {
+		__u64 rx = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+		emit(sk, CW_EV_ACTIVE_CLOSED, o->netns, o, rx);
+		bpf_map_delete_elem(&owners, &key);
+	}
+	return 0;
+}
+
+SEC("raw_tp/tcp_receive_reset")
+int BPF_PROG(cw_receive_reset, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct owner *o = bpf_map_lookup_elem(&owners, &key);
+	if (o)
+		o->flags |= CW_F_RESET_RECEIVED;
+	return 0;
+}

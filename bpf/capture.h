@@ -1,0 +1,67 @@
+/* Boundary between the BPF programs (capture.bpf.c) and the agent.
+ * Pure C, fixed-size types only: included by BPF C and by C++ (agent/event.h
+ * checks the layout with static_assert). */
+#ifndef CAPTUREWATCH_CAPTURE_H
+#define CAPTUREWATCH_CAPTURE_H
+
+#ifdef __cplusplus
+#include <linux/types.h>
+#endif
+
+#define CW_COMM_LEN 16
+#define CW_ADDR_LEN 16
+
+/* Kinds of ring-buffer record. */
+enum cw_event_kind {
+	/* An app socket of a watched netns went SYN_SENT -> ESTABLISHED.
+	 * Owner fields come from the CLOSE -> SYN_SENT record. */
+	CW_EV_ACTIVE_ESTABLISHED = 1,
+	/* An app socket went SYN_SENT -> CLOSE: connect() failed. */
+	CW_EV_ACTIVE_FAILED = 2,
+	/* A socket of a watched netns with local port == redirect port went
+	 * SYN_RECV -> ESTABLISHED: the sidecar accepted a redirected connection.
+	 * src = the sidecar's local end, dst = the peer (the app's end). */
+	CW_EV_PASSIVE_ESTABLISHED = 3,
+	/* An established app socket reached CLOSE: outcome of the connection. */
+	CW_EV_ACTIVE_CLOSED = 4,
+};
+
+/* cw_event.flags */
+#define CW_F_OWNER_KNOWN 0x01    /* owner fields were recorded at SYN_SENT */
+#define CW_F_RESET_RECEIVED 0x02 /* tcp_receive_reset fired for this socket */
+#define CW_F_PEER_FIN 0x04       /* the peer closed first (ESTABLISHED -> CLOSE_WAIT) */
+
+struct cw_event {
+	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */
+	__u64 sock_id;        /* kernel address of struct sock: opaque identity while open */
+	__u64 cgroup_id;      /* cgroup v2 id of the connecting task (0 if unknown) */
+	__u64 bytes_received; /* tcp_sock.bytes_received (CLOSED only), bytes */
+	__u32 netns;          /* network namespace inode number */
+	__u32 pid;            /* tgid of the connecting task (0 if unknown) */
+	__u32 uid;            /* real uid of the connecting task */
+	__u32 gid;            /* real gid of the connecting task */
+	__u8 saddr[CW_ADDR_LEN]; /* local address, network byte order; AF_INET: first 4 bytes */
+	__u8 daddr[CW_ADDR_LEN]; /* remote address, network byte order; AF_INET: first 4 bytes */
+	__u16 sport;          /* local port, host byte order */
+	__u16 dport;          /* remote port, host byte order */
+	__u16 family;         /* AF_INET (2) or AF_INET6 (10) */
+	__u8 kind;            /* enum cw_event_kind */
+	__u8 flags;           /* CW_F_* */
+	char comm[CW_COMM_LEN]; /* task comm at connect(), NUL-terminated */
+};
+
+/* Index into the per-CPU counters array. */
+enum cw_counter {
+	CW_CNT_RINGBUF_LOST = 0,    /* bpf_ringbuf_reserve failed: event dropped */
+	CW_CNT_OWNER_INSERT_FAIL,   /* owner map update failed */
+	CW_CNT_EVENTS,              /* records submitted */
+	CW_CNT_MAX,
+};
+
+/* Value of the watched_netns map: which target a netns belongs to. */
+struct cw_netns_value {
+	__u32 target_id;
+	__u32 _pad;
+};
+
+#endif
