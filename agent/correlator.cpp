@@ -115,7 +115,7 @@ void Correlator::onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out)
     return;
   }
   Connection conn = connectionOf(ev);
-  conn.verdict = isProxy(conn.cgroup_id)        ? Verdict::Proxy
+  conn.verdict = isProxy(conn.cgroup_id)       ? Verdict::Proxy
                  : isLocal(conn.src, conn.dst) ? Verdict::Local
                                                : Verdict::Bypassed;
   conn.outcome = (ev.flags & CW_F_RESET_RECEIVED) != 0 ? Outcome::Refused : Outcome::Failed;
@@ -223,7 +223,8 @@ std::map<Correlator::Stamp, Connection>::iterator Correlator::erasePending(
       s != pending_by_sock_.end() && s->second == it->first) {
     pending_by_sock_.erase(s);
   }
-  if (auto k = pending_by_key_.find(keyOf(conn)); k != pending_by_key_.end() && k->second == it->first) {
+  if (auto k = pending_by_key_.find(keyOf(conn));
+      k != pending_by_key_.end() && k->second == it->first) {
     pending_by_key_.erase(k);
   }
   return pending_.erase(it);

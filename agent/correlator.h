@@ -35,11 +35,11 @@ class Correlator {
   };
 
   struct Stats {
-    uint64_t events = 0;           // events accepted by onEvent
-    uint64_t duplicates = 0;       // an event already seen for the same socket
-    uint64_t orphan_accepts = 0;   // accepts on the redirect port no app connection claimed
-    uint64_t pending_evicted = 0;  // pending entries dropped because max_pending was reached
-    uint64_t followed_evicted = 0; // followed bypasses dropped because max_followed was reached
+    uint64_t events = 0;            // events accepted by onEvent
+    uint64_t duplicates = 0;        // an event already seen for the same socket
+    uint64_t orphan_accepts = 0;    // accepts on the redirect port no app connection claimed
+    uint64_t pending_evicted = 0;   // pending entries dropped because max_pending was reached
+    uint64_t followed_evicted = 0;  // followed bypasses dropped because max_followed was reached
   };
 
   explicit Correlator(Config config);

@@ -65,7 +65,8 @@ std::string Address::str() const {
   // glibc writes IPv4-compatible addresses (::/96, deprecated) in mixed
   // notation ("::1.2.3.4"); RFC 5952 keeps that form for well-known prefixes
   // only, so those are written in hex here.
-  bool compat_prefix = std::all_of(bytes.begin(), bytes.begin() + 12, [](uint8_t b) { return b == 0; });
+  bool compat_prefix =
+      std::all_of(bytes.begin(), bytes.begin() + 12, [](uint8_t b) { return b == 0; });
   if (compat_prefix && (bytes[12] != 0 || bytes[13] != 0)) {
     std::snprintf(buf, sizeof buf, "::%x:%x", (bytes[12] << 8) | bytes[13],
                   (bytes[14] << 8) | bytes[15]);
@@ -87,7 +88,9 @@ std::string Endpoint::str() const {
   return out;
 }
 
-std::string ConnEvent::commStr() const { return std::string(comm.data(), strnlen(comm.data(), comm.size())); }
+std::string ConnEvent::commStr() const {
+  return std::string(comm.data(), strnlen(comm.data(), comm.size()));
+}
 
 std::optional<ConnEvent> decodeEvent(std::span<const uint8_t> raw) {
   if (raw.size() < sizeof(cw_event)) return std::nullopt;
