@@ -75,7 +75,18 @@ void Correlator::onEvent(const ConnEvent& ev, std::vector<Decision>& out) {
 }
 
 void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
-  if (pending_by_sock_.contains(ev.sock_id) || followed_.contains(ev.sock_id)) {
+  if (auto f = followed_.find(ev.sock_id); f != followed_.end()) {
+    if (f->second.conn.established_ns == ev.ts_ns) {
+      ++stats_.duplicates;
+      return;
+    }
+    // A socket cannot be established twice: the followed connection closed
+    // and its close record was lost; the kernel reused the socket.
+    ++stats_.outcomes_lost;
+    followed_order_.erase(f->second.seq);
+    followed_.erase(f);
+  }
+  if (pending_by_sock_.contains(ev.sock_id)) {
     ++stats_.duplicates;
     return;
   }

@@ -40,6 +40,7 @@ class Correlator {
     uint64_t orphan_accepts = 0;    // accepts on the redirect port no app connection claimed
     uint64_t pending_evicted = 0;   // pending entries dropped because max_pending was reached
     uint64_t followed_evicted = 0;  // followed bypasses dropped because max_followed was reached
+    uint64_t outcomes_lost = 0;     // followed bypasses whose close event never came (socket reused)
   };
 
   explicit Correlator(Config config);

@@ -53,6 +53,10 @@ Metrics::Metrics()
                                      "capturewatch_duplicate_events_total",
                                      "Events seen twice for the same socket and ignored.",
                                      *registry_)),
+      outcomes_lost_family_(build(prometheus::BuildCounter(), "capturewatch_outcomes_lost_total",
+                                  "Bypassed connections whose end was never seen (its close "
+                                  "record was lost).",
+                                  *registry_)),
       watched_targets_(watched_targets_family_.Add({})),
       events_lost_(events_lost_family_.Add({})),
       events_read_(events_read_family_.Add({})),
@@ -61,7 +65,8 @@ Metrics::Metrics()
       pending_evicted_(correlator_evictions_family_.Add({{"table", "pending"}})),
       followed_evicted_(correlator_evictions_family_.Add({{"table", "followed"}})),
       orphan_accepts_(orphan_accepts_family_.Add({})),
-      duplicate_events_(duplicate_events_family_.Add({})) {
+      duplicate_events_(duplicate_events_family_.Add({})),
+      outcomes_lost_(outcomes_lost_family_.Add({})) {
   build(prometheus::BuildGauge(), "capturewatch_build_info",
         "Build information; the value is always 1.", *registry_)
       .Add({{"version", CW_VERSION}})
@@ -107,6 +112,7 @@ void Metrics::syncCorrelator(const Correlator::Stats& stats) {
   advance(followed_evicted_, correlator_seen_.followed_evicted, stats.followed_evicted);
   advance(orphan_accepts_, correlator_seen_.orphan_accepts, stats.orphan_accepts);
   advance(duplicate_events_, correlator_seen_.duplicates, stats.duplicates);
+  advance(outcomes_lost_, correlator_seen_.outcomes_lost, stats.outcomes_lost);
 }
 
 void Metrics::addEventsRead(uint64_t n) { events_read_.Increment(static_cast<double>(n)); }

@@ -60,6 +60,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& correlator_evictions_family_;
   prometheus::Family<prometheus::Counter>& orphan_accepts_family_;
   prometheus::Family<prometheus::Counter>& duplicate_events_family_;
+  prometheus::Family<prometheus::Counter>& outcomes_lost_family_;
   prometheus::Gauge& watched_targets_;
   prometheus::Counter& events_lost_;
   prometheus::Counter& events_read_;
@@ -69,6 +70,7 @@ class Metrics {
   prometheus::Counter& followed_evicted_;
   prometheus::Counter& orphan_accepts_;
   prometheus::Counter& duplicate_events_;
+  prometheus::Counter& outcomes_lost_;
   ProbeCounters kernel_seen_;
   Correlator::Stats correlator_seen_;
   // Cache of connection counters: the hot path avoids the family's lock.

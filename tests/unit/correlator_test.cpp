@@ -388,6 +388,19 @@ TEST_F(CorrelatorTest, DuplicateActiveWhileFollowedIsCountedNotReported) {
   EXPECT_EQ(correlator_.followed(), 1U);
 }
 
+TEST_F(CorrelatorTest, ReusedSocketOfAFollowedBypassWhoseCloseWasLostIsANewConnection) {
+  EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
+  ASSERT_EQ(expire(kT0 + kGrace).size(), 1U);
+  ASSERT_EQ(correlator_.followed(), 1U);
+  // The close of socket 1 was lost; the kernel reuses the socket later.
+  EXPECT_TRUE(feed(connected(1, kT0 + 5 * kGrace, 40001)).empty());
+  EXPECT_EQ(correlator_.stats().outcomes_lost, 1U);
+  EXPECT_EQ(correlator_.stats().duplicates, 0U);
+  EXPECT_EQ(correlator_.followed(), 0U);
+  expectVerdict(feed(accepted(kT0 + 5 * kGrace + 10, 40001)), Verdict::Captured, Outcome::Open, 1,
+                kT0 + 5 * kGrace + 10);
+}
+
 TEST_F(CorrelatorTest, DuplicateAcceptReplacesTheFirst) {
   EXPECT_TRUE(feed(accepted(kT0, 40000)).empty());
   EXPECT_TRUE(feed(accepted(kT0 + 100, 40000)).empty());

@@ -1,0 +1,298 @@
+#include "lab/lab_pod.h"
+
+#include <fcntl.h>
+#include <openssl/ssl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <thread>
+
+#include "istio_rules.h"
+#include "lab/system.h"
+
+namespace cw::lab {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+constexpr int kMaxClientCount = 10000;
+
+Address v4(uint8_t a, uint8_t b, uint8_t c, uint8_t d) {
+  const uint8_t bytes[4] = {a, b, c, d};
+  return Address::fromV4(bytes);
+}
+
+Address v6(const char* text) { return Address::parse(text).value(); }
+
+void validateName(const std::string& value, const char* field) {
+  const bool ok = !value.empty() && value.size() <= 64 && value.front() != '-' &&
+                  value.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                          "0123456789-_.") == std::string::npos &&
+                  value != "." && value != "..";
+  if (!ok) {
+    throw std::invalid_argument(std::string("PodConfig.") + field + " '" + value +
+                                "': use 1-64 letters, digits, '-', '_' or '.'");
+  }
+}
+
+void warn(const std::string& message) {
+  std::fprintf(stderr, "capturewatch lab: teardown: %s\n", message.c_str());
+}
+
+bool exists(const std::string& path) {
+  struct stat st{};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+void makeCgroupDir(const std::string& dir, bool& created) {
+  if (::mkdir(dir.c_str(), 0755) != 0) {
+    throw std::runtime_error("cannot create cgroup " + dir + ": " + std::strerror(errno));
+  }
+  created = true;
+}
+
+// Kills every process still in a cgroup (cgroup.kill, or one by one on
+// kernels before 5.14) and waits (bounded) until it is empty.
+void emptyCgroup(const std::string& dir) {
+  {
+    UniqueFd kill_fd(::open((dir + "/cgroup.kill").c_str(), O_WRONLY | O_CLOEXEC));
+    if (kill_fd) {
+      [[maybe_unused]] ssize_t n = ::write(kill_fd.get(), "1", 1);
+    }
+  }
+  const auto deadline = Clock::now() + 2s;
+  while (Clock::now() < deadline) {
+    std::ifstream procs(dir + "/cgroup.procs");
+    if (!procs) return;  // already gone
+    bool any = false;
+    pid_t pid;
+    while (procs >> pid) {
+      any = true;
+      ::kill(pid, SIGKILL);
+    }
+    if (!any) return;
+    std::this_thread::sleep_for(5ms);
+  }
+  warn("processes remain in " + dir);
+}
+
+// rmdir, retried briefly: a killed process leaves its cgroup asynchronously.
+bool removeCgroupDir(const std::string& dir) {
+  const auto deadline = Clock::now() + 2s;
+  while (true) {
+    if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return true;
+    if (errno != EBUSY || Clock::now() >= deadline) {
+      warn("cannot remove cgroup " + dir + ": " + std::strerror(errno));
+      return false;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+}
+
+bool deleteNetns(const std::string& name) {
+  try {
+    CommandResult r = runCommand({"ip", "netns", "del", name}, "", 10s);
+    if (r.exit_status == 0 || !exists("/run/netns/" + name)) return true;
+    warn("ip netns del " + name + " failed: " + r.err);
+  } catch (const std::exception& e) {
+    warn("ip netns del " + name + ": " + e.what());
+  }
+  return false;
+}
+
+}  // namespace
+
+LabPod::LabPod(Key, const PodConfig& config) : config_(config) {}
+
+LabPod::~LabPod() { teardown(); }
+
+std::unique_ptr<LabPod> LabPod::create(const PodConfig& config) {
+  validateName(config.prefix, "prefix");
+  validateName(config.cgroup_prefix, "cgroup_prefix");
+  if (config.redirect_port == 0 || config.upstream_port == 0 || config.admin_port == 0 ||
+      config.redirect_port == config.admin_port) {
+    throw std::invalid_argument("PodConfig: ports must be non-zero and distinct");
+  }
+  // Initialise OpenSSL here, before any fork, so that no child can inherit a
+  // half-done initialisation from another thread.
+  OPENSSL_init_ssl(0, nullptr);
+
+  auto pod = std::make_unique<LabPod>(Key{}, config);
+  pod->build();  // on exception, ~LabPod removes what build() created
+  return pod;
+}
+
+void LabPod::build() {
+  const std::string pid = std::to_string(::getpid());
+  gw_name_ = config_.prefix + "-" + pid + "-gw";
+  up_name_ = config_.prefix + "-" + pid + "-up";
+  gw_path_ = "/run/netns/" + gw_name_;
+  up_path_ = "/run/netns/" + up_name_;
+
+  cg_root_ = findCgroup2Root();
+  cg_dir_ = cg_root_ + "/" + config_.cgroup_prefix + "-" + pid;
+  sidecar_cg_ = cg_dir_ + "/sidecar";
+  app_cg_ = cg_dir_ + "/app";
+  makeCgroupDir(cg_dir_, cg_dir_created_);
+  makeCgroupDir(sidecar_cg_, sidecar_cg_created_);
+  makeCgroupDir(app_cg_, app_cg_created_);
+
+  runChecked({"ip", "netns", "add", gw_name_}, "ip netns add " + gw_name_);
+  gw_created_ = true;
+  runChecked({"ip", "netns", "add", up_name_}, "ip netns add " + up_name_);
+  up_created_ = true;
+
+  // The veth pair is created directly inside the two namespaces (both ends
+  // named eth0, like a pod's interface): nothing appears in the host netns
+  // and deleting a netns deletes the pair.
+  runChecked({"ip", "-n", gw_name_, "-batch", "-"}, "ip link/addr setup failed in netns " + gw_name_,
+             "link set lo up\n"
+             "link add eth0 type veth peer name eth0 netns " + up_name_ + "\n"
+             "addr add 198.18.0.2/24 dev eth0\n"
+             "addr add 2001:2::2/64 dev eth0 nodad\n"
+             "link set eth0 up\n");
+  runChecked({"ip", "-n", up_name_, "-batch", "-"}, "ip link/addr setup failed in netns " + up_name_,
+             "link set lo up\n"
+             "addr add 198.18.0.1/24 dev eth0\n"
+             "addr add 2001:2::1/64 dev eth0 nodad\n"
+             "link set eth0 up\n");
+
+  // nsenter --net switches only the network namespace (ip netns exec would
+  // also remount /sys).
+  const std::string rules_v4 = config_.rules_v4.value_or(kIstioRulesV4);
+  const std::string rules_v6 = config_.rules_v6.value_or(kIstioRulesV6);
+  const std::pair<const char*, const std::string*> loads[] = {{"iptables-restore", &rules_v4},
+                                                              {"ip6tables-restore", &rules_v6}};
+  for (const auto& [tool, rules] : loads) {
+    if (rules->empty()) continue;
+    const std::string exe = findExecutable(tool);
+    if (exe.empty()) throw std::runtime_error(std::string(tool) + " not found (install iptables)");
+    runChecked({"nsenter", "--net=" + gw_path_, exe},
+               std::string(tool) + " failed in netns " + gw_name_, *rules);
+  }
+}
+
+void LabPod::teardown() noexcept {
+  sidecar_.kill();
+  upstream_.kill();
+  if (app_cg_created_) emptyCgroup(app_cg_);
+  if (sidecar_cg_created_) emptyCgroup(sidecar_cg_);
+  if (gw_created_ && deleteNetns(gw_name_)) gw_created_ = false;
+  if (up_created_ && deleteNetns(up_name_)) up_created_ = false;
+  if (app_cg_created_ && removeCgroupDir(app_cg_)) app_cg_created_ = false;
+  if (sidecar_cg_created_ && removeCgroupDir(sidecar_cg_)) sidecar_cg_created_ = false;
+  if (cg_dir_created_ && !app_cg_created_ && !sidecar_cg_created_ && removeCgroupDir(cg_dir_)) {
+    cg_dir_created_ = false;
+  }
+}
+
+Address LabPod::podAddressV4() const { return v4(198, 18, 0, 2); }
+Address LabPod::podAddressV6() const { return v6("2001:2::2"); }
+Endpoint LabPod::upstreamV4() const { return {v4(198, 18, 0, 1), config_.upstream_port}; }
+Endpoint LabPod::upstreamV6() const { return {v6("2001:2::1"), config_.upstream_port}; }
+Endpoint LabPod::adminV4() const { return {v4(127, 0, 0, 1), config_.admin_port}; }
+Endpoint LabPod::adminV6() const { return {v6("::1"), config_.admin_port}; }
+
+void LabPod::startServer(ChildProcess& slot, const SpawnOptions& options, Role role,
+                         const std::string& what) {
+  if (slot.running()) throw std::logic_error(what + " is already running");
+  if (!gw_created_ || !up_created_) throw std::logic_error("the lab pod was torn down");
+  slot = spawnInPod(options, std::move(role));
+  const Frame f = readFrame(slot.reportFd(), Clock::now() + 5s);
+  if (f.status == Frame::Status::kOk && f.type == kFrameReady) return;
+  std::string why;
+  if (f.status == Frame::Status::kOk && f.type == kFrameError) {
+    why = f.payload;
+  } else if (f.status == Frame::Status::kTimeout) {
+    why = "not listening after 5 s";
+  } else {
+    why = "exited before listening";
+  }
+  slot.kill();
+  throw std::runtime_error(what + " failed to start: " + why);
+}
+
+void LabPod::startUpstream() {
+  SpawnOptions options;
+  options.name = "upstream";
+  options.netns_path = up_path_;
+  const uint16_t port = config_.upstream_port;
+  const auto lifetime = config_.server_lifetime;
+  startServer(
+      upstream_, options, [port, lifetime](int fd) { upstreamRole(port, lifetime, fd); },
+      "upstream (netns " + up_name_ + ")");
+}
+
+void LabPod::startSidecar() {
+  SpawnOptions options;
+  options.name = "envoy";
+  options.cgroup_dir = sidecar_cg_;
+  options.netns_path = gw_path_;
+  options.uid = config_.proxy_uid;
+  options.gid = config_.proxy_gid;
+  const uint16_t redirect = config_.redirect_port, admin = config_.admin_port;
+  const auto lifetime = config_.server_lifetime;
+  startServer(
+      sidecar_, options,
+      [redirect, admin, lifetime](int fd) { sidecarRole(redirect, admin, lifetime, fd); },
+      "sidecar (netns " + gw_name_ + ")");
+}
+
+LabPod::ClientResult LabPod::runClient(uint32_t uid, uint32_t gid, const std::string& cgroup,
+                                       const Endpoint& dst, int count) const {
+  if (count < 1 || count > kMaxClientCount) {
+    throw std::invalid_argument("runClient: count must be 1.." + std::to_string(kMaxClientCount));
+  }
+  if (!gw_created_) throw std::logic_error("the lab pod was torn down");
+  SpawnOptions options;
+  options.name = "envoy";
+  options.cgroup_dir = cgroup;
+  options.netns_path = gw_path_;
+  options.uid = uid;
+  options.gid = gid;
+  ChildProcess child = spawnInPod(options, [dst, count](int fd) { clientRole(dst, count, fd); });
+
+  const auto deadline = Clock::now() + count * 3s + 5s;
+  const Frame f = readFrame(child.reportFd(), deadline);
+  const std::string what = "app client (uid " + std::to_string(uid) + ", to " + dst.str() + ")";
+  if (f.status != Frame::Status::kOk) {
+    throw std::runtime_error(what + (f.status == Frame::Status::kTimeout
+                                         ? ": no report in time (killed)"
+                                         : ": exited without a report"));
+  }
+  if (f.type == kFrameError) throw std::runtime_error(what + " failed: " + f.payload);
+  if (f.type != kFrameData) throw std::runtime_error(what + ": unexpected report");
+  const auto records = decodeClientRecords(f.payload);
+  if (!child.wait(2s)) child.kill();
+
+  ClientResult result;
+  for (const auto& r : records) {
+    result.local_ports.push_back(r.local_port);
+    result.outcomes.push_back(r.outcome);
+    switch (r.outcome) {
+      case ClientOutcome::kOk:
+        ++result.ok;
+        break;
+      case ClientOutcome::kReset:
+        ++result.reset;
+        break;
+      case ClientOutcome::kRefused:
+        ++result.refused;
+        break;
+      case ClientOutcome::kOther:
+        ++result.other;
+        break;
+    }
+  }
+  return result;
+}
+
+}  // namespace cw::lab
