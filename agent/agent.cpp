@@ -7,6 +7,19 @@
 #include "logging.h"
 
 namespace cw {
+namespace {
+
+int64_t realtimeOffsetNs() {
+  timespec rt{}, mono{};
+  clock_gettime(CLOCK_REALTIME, &rt);
+  clock_gettime(CLOCK_MONOTONIC, &mono);
+  auto ns = [](const timespec& ts) {
+    return static_cast<int64_t>(ts.tv_sec) * 1'000'000'000 + static_cast<int64_t>(ts.tv_nsec);
+  };
+  return ns(rt) - ns(mono);
+}
+
+}  // namespace
 
 uint64_t monotonicNowNs() {
   timespec ts{};
@@ -17,24 +30,74 @@ uint64_t monotonicNowNs() {
 Agent::Agent(const AgentOptions& options)
     : options_(options),
       reporter_(&metrics_),
-      correlator_(Correlator::Config{options.grace_ns, 65536, 65536}) {
-  if (!options_.metrics_address.empty()) metrics_.serve(options_.metrics_address);
+      correlator_(Correlator::Config{options.grace_ns, 65536, 65536}),
+      realtime_offset_ns_(realtimeOffsetNs()) {
+  if (!options_.metrics_address.empty()) {
+    http_ = std::make_unique<HttpServer>(
+        options_.metrics_address,
+        HttpServer::Sources{metrics_.registry(), [this] { return notReady(); },
+                            [this] {
+                              std::lock_guard lock(shared_mu_);
+                              return gaps_json_;
+                            }});
+  }
   probe_ = Probe::open(options_.probe, [this](std::span<const uint8_t> raw) { onRecord(raw); });
+  attached_ = true;
   decisions_.reserve(1024);
 }
 
-void Agent::addTarget(const Target& target) {
+Agent::~Agent() {
+  // Stop serving before the probe and metrics go away.
+  http_.reset();
+}
+
+std::string Agent::notReady() const {
+  if (!attached_) return "BPF programs not attached";
+  if (!targets_synced_) return "targets not synced";
+  return "";
+}
+
+void Agent::addTarget(const Target& target, const PodLabels& labels) {
   probe_->watchNetns(target.netns, target.id);
-  reporter_.addTarget(target.netns, TargetMeta{target.name, target.namespace_});
+  reporter_.addTarget(target.netns, labels);
+  std::erase_if(targets_, [&](const Target& t) { return t.netns == target.netns; });
   targets_.push_back(target);
   metrics_.setWatchedTargets(targets_.size());
-  logging::info("watching", {{"pod", target.name},
-                             {"netns", target.netns},
-                             {"netns_path", target.netns_path},
-                             {"redirect_port", options_.probe.redirect_port}});
+  logging::Fields f;
+  if (!labels.namespace_.empty()) f["namespace"] = labels.namespace_;
+  f["pod"] = labels.pod;
+  f["netns"] = target.netns;
+  f["netns_path"] = target.netns_path;
+  f["redirect_port"] = options_.probe.redirect_port;
+  logging::info("watching", f);
+}
+
+void Agent::removeTarget(uint32_t netns) {
+  probe_->unwatchNetns(netns);
+  correlator_.forgetNetns(netns);
+  metrics_.removePod(reporter_.pod(netns));
+  reporter_.removeTarget(netns);
+  std::erase_if(targets_, [&](const Target& t) { return t.netns == netns; });
+  metrics_.setWatchedTargets(targets_.size());
 }
 
 void Agent::addProxyCgroup(uint64_t cgroup_id) { correlator_.addProxyCgroup(cgroup_id); }
+
+void Agent::removeProxyCgroup(uint64_t cgroup_id) { correlator_.removeProxyCgroup(cgroup_id); }
+
+void Agent::post(std::function<void()> fn) {
+  std::lock_guard lock(shared_mu_);
+  posted_.push_back(std::move(fn));
+}
+
+void Agent::runPosted() {
+  std::vector<std::function<void()>> work;
+  {
+    std::lock_guard lock(shared_mu_);
+    work.swap(posted_);
+  }
+  for (auto& fn : work) fn();
+}
 
 void Agent::onRecord(std::span<const uint8_t> raw) {
   ++read_;
@@ -47,7 +110,13 @@ void Agent::onRecord(std::span<const uint8_t> raw) {
 }
 
 void Agent::flushDecisions() {
-  for (const Decision& d : decisions_) reporter_.report(d);
+  for (const Decision& d : decisions_) {
+    if (d.conn.verdict == Verdict::Bypassed && explainer_) {
+      reporter_.report(d, explainer_(d.conn));
+    } else {
+      reporter_.report(d);
+    }
+  }
   decisions_.clear();
 }
 
@@ -65,9 +134,17 @@ void Agent::syncCounters() {
   metrics_.syncKernel(probe_->counters());
   metrics_.syncCorrelator(correlator_.stats());
   metrics_.addEventsRead(read_);
-  metrics_.addEventsMalformed(malformed_);
+  if (malformed_ > 0) metrics_.addEventsDropped("malformed", malformed_);
+  metrics_.setReady(notReady().empty());
   read_ = 0;
   malformed_ = 0;
+}
+
+void Agent::publishGaps() {
+  if (!http_) return;
+  std::string json = reporter_.gapsJson(options_.gaps_limit, realtime_offset_ns_);
+  std::lock_guard lock(shared_mu_);
+  gaps_json_ = std::move(json);
 }
 
 void Agent::run(const std::atomic<bool>& stop,
@@ -79,10 +156,12 @@ void Agent::run(const std::atomic<bool>& stop,
   auto next_summary = Clock::now() + options_.summary_interval;
 
   while (!stop.load() && (!deadline || Clock::now() < *deadline)) {
+    runPosted();
     pollOnce(timeout_ms);
     auto now = Clock::now();
     if (now >= next_sync) {
       syncCounters();
+      publishGaps();
       next_sync = now + std::chrono::seconds(1);
     }
     if (now >= next_summary) {
@@ -96,6 +175,7 @@ void Agent::run(const std::atomic<bool>& stop,
                      std::chrono::milliseconds(20);
   while (Clock::now() < drain_until) pollOnce(timeout_ms);
   syncCounters();
+  publishGaps();
   reporter_.logSummary();
 }
 

@@ -1,15 +1,20 @@
-// The agent: probe -> correlator -> reporter, on one thread.
+// The agent: probe -> correlator -> reporter, on one thread. Targets can be
+// added and removed while it runs (from the thread that calls run(), or
+// through post() from another thread).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "correlator.h"
+#include "http_server.h"
 #include "metrics.h"
 #include "probe.h"
 #include "reporter.h"
@@ -22,16 +27,29 @@ struct AgentOptions {
   uint64_t grace_ns = 200'000'000;
   std::chrono::milliseconds summary_interval{60'000};
   std::string metrics_address;  // empty: no HTTP server
+  size_t gaps_limit = 200;      // entries served by /gaps
 };
 
 class Agent {
  public:
-  // Binds the metrics address, then loads and attaches the BPF programs.
-  // Throws MetricsError or ProbeError with a message for the user.
-  explicit Agent(const AgentOptions& options);
+  // Explains a bypassed connection (reason, deciding rule, remedy).
+  using Explainer = std::function<Why(const Connection&)>;
 
-  void addTarget(const Target& target);
+  // Binds the metrics address, then loads and attaches the BPF programs.
+  // Throws HttpError or ProbeError with a message for the user.
+  explicit Agent(const AgentOptions& options);
+  ~Agent();
+
+  void addTarget(const Target& target, const PodLabels& labels);
+  void removeTarget(uint32_t netns);
   void addProxyCgroup(uint64_t cgroup_id);
+  void removeProxyCgroup(uint64_t cgroup_id);
+  void setExplainer(Explainer explainer) { explainer_ = std::move(explainer); }
+  // Ready (for /readyz) once targets are synced; static targets are at once.
+  void setTargetsSynced(bool synced) { targets_synced_ = synced; }
+
+  // Runs fn on the agent's thread at the next loop iteration.
+  void post(std::function<void()> fn);
 
   // Runs until stop becomes true or the deadline passes. Then keeps
   // reading for one grace window so that connections already made get
@@ -49,16 +67,27 @@ class Agent {
   void pollOnce(int timeout_ms);
   void flushDecisions();
   void syncCounters();
+  void publishGaps();
+  std::string notReady() const;
+  void runPosted();
 
   AgentOptions options_;
   Metrics metrics_;
   Reporter reporter_;
   Correlator correlator_;
+  Explainer explainer_;
+  std::unique_ptr<HttpServer> http_;
   std::unique_ptr<Probe> probe_;
   std::vector<Target> targets_;
   std::vector<Decision> decisions_;
   uint64_t malformed_ = 0;
   uint64_t read_ = 0;
+  int64_t realtime_offset_ns_ = 0;
+  std::atomic<bool> attached_{false};
+  std::atomic<bool> targets_synced_{true};
+  mutable std::mutex shared_mu_;  // guards gaps_json_ and posted_
+  std::string gaps_json_ = R"({"gaps":[],"total_gaps":0,"gaps_dropped":0})";
+  std::vector<std::function<void()>> posted_;
 };
 
 // CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().

@@ -51,7 +51,7 @@ void printReport(const Reporter& reporter, const std::vector<std::pair<std::stri
   }
   out << "\nWhat capturewatch saw:\n";
   for (const auto& [pod, tally] : reporter.tallies()) {
-    out << "  pod " << pod << "\n";
+    out << "  pod " << pod.namespace_ << "/" << pod.pod << "\n";
     for (Verdict v : {Verdict::Captured, Verdict::Bypassed, Verdict::Proxy, Verdict::Local}) {
       char line[64];
       std::snprintf(line, sizeof line, "    %-9s %6llu\n", std::string(toString(v)).c_str(),
@@ -67,7 +67,7 @@ void printReport(const Reporter& reporter, const std::vector<std::pair<std::stri
   out << "\nCapture gaps (plaintext on the wire):\n";
   if (gaps.empty()) out << "  none\n";
   for (const auto& g : gaps) {
-    out << "  " << g.pod << " -> " << g.dst << "  reason=" << g.reason << "  connections=" << g.count
+    out << "  " << g.pod.namespace_ << "/" << g.pod.pod << " -> " << g.dst << "  reason=" << g.why.reason << "  connections=" << g.count
         << "  outcomes:";
     for (const auto& [outcome, n] : g.outcomes) out << " " << outcome << "=" << n;
     out << "\n";
@@ -109,7 +109,7 @@ int labCommand(const LabOptions& options) {
   target.netns_path = pod->podNetnsPath();
   target.name = "envoy-gateway";
   target.namespace_ = "lab";
-  agent.addTarget(target);
+  agent.addTarget(target, PodLabels{target.namespace_, target.name, "envoy-gateway"});
 
   const std::vector<AppCall> calls = {
       {"gateway app (uid 1000) -> upstream IPv4", kAppUid, pod->upstreamV4()},

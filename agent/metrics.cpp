@@ -3,104 +3,151 @@
 namespace cw {
 namespace {
 
-template <typename Builder>
-auto& build(Builder builder, const char* name, const char* help, prometheus::Registry& registry) {
-  return builder.Name(name).Help(help).Register(registry);
+prometheus::Family<prometheus::Counter>& counter(const char* name, const char* help,
+                                                 prometheus::Registry& registry) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry);
 }
 
-void advance(prometheus::Counter& counter, uint64_t& seen, uint64_t now) {
-  if (now > seen) counter.Increment(static_cast<double>(now - seen));
+prometheus::Family<prometheus::Gauge>& gauge(const char* name, const char* help,
+                                             prometheus::Registry& registry) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry);
+}
+
+void advance(prometheus::Counter& c, uint64_t& seen, uint64_t now) {
+  if (now > seen) c.Increment(static_cast<double>(now - seen));
   seen = now;
+}
+
+prometheus::Labels podLabels(const PodLabels& pod) {
+  return {{"namespace", pod.namespace_}, {"pod", pod.pod}, {"workload", pod.workload}};
 }
 
 }  // namespace
 
 Metrics::Metrics()
     : registry_(std::make_shared<prometheus::Registry>()),
-      connections_(build(prometheus::BuildCounter(), "capturewatch_connections_total",
-                         "Outbound TCP connections of watched pods, by verdict (captured, "
-                         "bypassed, proxy, local) and, for bypassed, reason.",
-                         *registry_)),
-      bypass_rejected_(build(prometheus::BuildCounter(), "capturewatch_bypass_rejected_total",
-                             "Bypassed connections the peer reset or closed before any reply "
-                             "byte: the strict-mTLS rejection (503 connection termination).",
-                             *registry_)),
-      watched_targets_family_(build(prometheus::BuildGauge(), "capturewatch_watched_targets",
-                                    "Network namespaces (pods) currently watched.", *registry_)),
-      events_lost_family_(build(prometheus::BuildCounter(), "capturewatch_events_lost_total",
-                                "Kernel events dropped because the ring buffer was full.",
-                                *registry_)),
-      events_read_family_(build(prometheus::BuildCounter(), "capturewatch_events_read_total",
-                                "Kernel events read from the ring buffer.", *registry_)),
-      events_malformed_family_(build(prometheus::BuildCounter(),
-                                     "capturewatch_events_malformed_total",
-                                     "Ring-buffer records rejected as malformed.", *registry_)),
-      owner_insert_failed_family_(build(prometheus::BuildCounter(),
-                                        "capturewatch_owner_insert_failed_total",
-                                        "Sockets whose owner could not be recorded in the "
-                                        "kernel map at connect().",
-                                        *registry_)),
-      correlator_evictions_family_(build(prometheus::BuildCounter(),
-                                         "capturewatch_correlator_evictions_total",
-                                         "Connections dropped from a full correlator table, "
-                                         "by table (pending, followed).",
-                                         *registry_)),
-      orphan_accepts_family_(build(prometheus::BuildCounter(), "capturewatch_orphan_accepts_total",
-                                   "Accepts on the redirect port that no observed app "
-                                   "connection claimed within the grace window.",
-                                   *registry_)),
-      duplicate_events_family_(build(prometheus::BuildCounter(),
-                                     "capturewatch_duplicate_events_total",
-                                     "Events seen twice for the same socket and ignored.",
-                                     *registry_)),
-      outcomes_lost_family_(build(prometheus::BuildCounter(), "capturewatch_outcomes_lost_total",
-                                  "Bypassed connections whose end was never seen (its close "
-                                  "record was lost).",
+      connections_(counter("capturewatch_connections_total",
+                           "Outbound TCP connections of watched pods by verdict (captured, "
+                           "bypassed, proxy, local) and, for bypassed, the reason.",
+                           *registry_)),
+      bypass_rejected_(counter("capturewatch_bypass_rejected_total",
+                               "Bypassed connections the peer reset or closed before any reply "
+                               "byte: the strict-mTLS rejection (503 connection termination).",
+                               *registry_)),
+      pods_without_sidecar_(gauge("capturewatch_pods_without_sidecar",
+                                  "Selected pods that have no sidecar container: nothing can "
+                                  "capture their traffic (1 per pod).",
                                   *registry_)),
-      watched_targets_(watched_targets_family_.Add({})),
-      events_lost_(events_lost_family_.Add({})),
-      events_read_(events_read_family_.Add({})),
-      events_malformed_(events_malformed_family_.Add({})),
-      owner_insert_failed_(owner_insert_failed_family_.Add({})),
-      pending_evicted_(correlator_evictions_family_.Add({{"table", "pending"}})),
-      followed_evicted_(correlator_evictions_family_.Add({{"table", "followed"}})),
-      orphan_accepts_(orphan_accepts_family_.Add({})),
-      duplicate_events_(duplicate_events_family_.Add({})),
-      outcomes_lost_(outcomes_lost_family_.Add({})) {
-  build(prometheus::BuildGauge(), "capturewatch_build_info",
-        "Build information; the value is always 1.", *registry_)
+      events_dropped_(counter("capturewatch_events_dropped_total",
+                              "Events dropped in user space, by reason (malformed, duplicate).",
+                              *registry_)),
+      correlator_evictions_(counter("capturewatch_correlator_evictions_total",
+                                    "Connections dropped from a full correlator table, by table "
+                                    "(pending, followed).",
+                                    *registry_)),
+      rules_reads_(counter("capturewatch_rules_reads_total",
+                           "Reads of a watched pod's netfilter rules, by result (ok, error).",
+                           *registry_)),
+      kubernetes_errors_(counter("capturewatch_kubernetes_errors_total",
+                                 "Kubernetes discovery errors, by kind.", *registry_)),
+      watched_targets_(gauge("capturewatch_watched_targets",
+                             "Pods (network namespaces) watched on this node.", *registry_)
+                           .Add({})),
+      ready_(gauge("capturewatch_ready",
+                   "1 when the BPF programs are attached and the targets are synced.", *registry_)
+                 .Add({})),
+      kubernetes_watch_up_(gauge("capturewatch_kubernetes_watch_up",
+                                 "1 when the pod watch on the API server is connected and synced.",
+                                 *registry_)
+                               .Add({})),
+      kubernetes_watch_restarts_(counter("capturewatch_kubernetes_watch_restarts_total",
+                                         "Pod watches restarted (disconnects, 410 Gone).",
+                                         *registry_)
+                                     .Add({})),
+      events_lost_(counter("capturewatch_events_lost_total",
+                           "Kernel events dropped because the ring buffer was full.", *registry_)
+                       .Add({})),
+      events_read_(counter("capturewatch_events_read_total",
+                           "Kernel events read from the ring buffer.", *registry_)
+                       .Add({})),
+      owner_insert_failed_(counter("capturewatch_owner_insert_failed_total",
+                                   "Sockets whose owner could not be recorded in the kernel map "
+                                   "at connect().",
+                                   *registry_)
+                               .Add({})),
+      orphan_accepts_(counter("capturewatch_orphan_accepts_total",
+                              "Accepts on the redirect port that no observed app connection "
+                              "claimed within the grace window.",
+                              *registry_)
+                          .Add({})),
+      outcomes_lost_(counter("capturewatch_outcomes_lost_total",
+                             "Bypassed connections whose end was never seen (close record lost).",
+                             *registry_)
+                         .Add({})) {
+  gauge("capturewatch_build_info", "Build information; the value is always 1.", *registry_)
       .Add({{"version", CW_VERSION}})
       .Set(1);
+  // Create the series that must exist from the start, at zero.
+  events_dropped_.Add({{"reason", "malformed"}});
+  events_dropped_.Add({{"reason", "duplicate"}});
+  correlator_evictions_.Add({{"table", "pending"}});
+  correlator_evictions_.Add({{"table", "followed"}});
+  rules_reads_.Add({{"result", "ok"}});
+  rules_reads_.Add({{"result", "error"}});
 }
 
-void Metrics::serve(const std::string& address) {
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(address);
-  } catch (const std::exception& e) {
-    throw MetricsError("--metrics-address " + address + ": cannot listen: " + e.what());
+PodLabels Metrics::bounded(const PodLabels& pod) {
+  if (pods_.count(pod) != 0) return pod;
+  if (pods_.size() < kMaxPods) {
+    pods_.insert(pod);
+    return pod;
   }
-  exposer_->RegisterCollectable(registry_);
+  return PodLabels{pod.namespace_, "_other", "_other"};
 }
 
-void Metrics::addConnection(const std::string& ns, const std::string& pod, Verdict verdict,
-                            const std::string& reason) {
-  auto key = std::make_tuple(ns, pod, verdict, reason);
+void Metrics::addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason) {
+  auto key = std::make_tuple(pod, verdict, reason);
   auto it = connection_cache_.find(key);
   if (it == connection_cache_.end()) {
-    auto& counter = connections_.Add({{"namespace", ns},
-                                      {"pod", pod},
-                                      {"verdict", std::string(toString(verdict))},
-                                      {"reason", reason}});
-    it = connection_cache_.emplace(std::move(key), &counter).first;
+    auto labels = podLabels(bounded(pod));
+    labels["verdict"] = std::string(toString(verdict));
+    labels["reason"] = reason;
+    it = connection_cache_.emplace(std::move(key), &connections_.Add(labels)).first;
   }
   it->second->Increment();
 }
 
-void Metrics::addBypassRejected(const std::string& ns, const std::string& pod) {
-  bypass_rejected_.Add({{"namespace", ns}, {"pod", pod}}).Increment();
+void Metrics::addBypassRejected(const PodLabels& pod) {
+  bypass_rejected_.Add(podLabels(bounded(pod))).Increment();
+}
+
+void Metrics::setPodWithoutSidecar(const PodLabels& pod, bool without) {
+  auto labels = podLabels(pod);
+  if (without) {
+    pods_without_sidecar_.Add(labels).Set(1);
+  } else if (pods_without_sidecar_.Has(labels)) {
+    pods_without_sidecar_.Remove(&pods_without_sidecar_.Add(labels));
+  }
+}
+
+void Metrics::removePod(const PodLabels& pod) {
+  for (auto it = connection_cache_.begin(); it != connection_cache_.end();) {
+    if (std::get<0>(it->first) == pod) {
+      if (pods_.count(pod) != 0) connections_.Remove(it->second);
+      it = connection_cache_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto labels = podLabels(pod);
+  if (bypass_rejected_.Has(labels)) bypass_rejected_.Remove(&bypass_rejected_.Add(labels));
+  setPodWithoutSidecar(pod, false);
+  pods_.erase(pod);
 }
 
 void Metrics::setWatchedTargets(size_t n) { watched_targets_.Set(static_cast<double>(n)); }
+
+void Metrics::setReady(bool ready) { ready_.Set(ready ? 1 : 0); }
 
 void Metrics::syncKernel(const ProbeCounters& counters) {
   advance(events_lost_, kernel_seen_.ringbuf_lost, counters.ringbuf_lost);
@@ -108,29 +155,30 @@ void Metrics::syncKernel(const ProbeCounters& counters) {
 }
 
 void Metrics::syncCorrelator(const Correlator::Stats& stats) {
-  advance(pending_evicted_, correlator_seen_.pending_evicted, stats.pending_evicted);
-  advance(followed_evicted_, correlator_seen_.followed_evicted, stats.followed_evicted);
+  advance(correlator_evictions_.Add({{"table", "pending"}}), correlator_seen_.pending_evicted,
+          stats.pending_evicted);
+  advance(correlator_evictions_.Add({{"table", "followed"}}), correlator_seen_.followed_evicted,
+          stats.followed_evicted);
+  advance(events_dropped_.Add({{"reason", "duplicate"}}), correlator_seen_.duplicates,
+          stats.duplicates);
   advance(orphan_accepts_, correlator_seen_.orphan_accepts, stats.orphan_accepts);
-  advance(duplicate_events_, correlator_seen_.duplicates, stats.duplicates);
   advance(outcomes_lost_, correlator_seen_.outcomes_lost, stats.outcomes_lost);
 }
 
 void Metrics::addEventsRead(uint64_t n) { events_read_.Increment(static_cast<double>(n)); }
 
-void Metrics::addEventsMalformed(uint64_t n) { events_malformed_.Increment(static_cast<double>(n)); }
+void Metrics::addEventsDropped(const std::string& reason, uint64_t n) {
+  events_dropped_.Add({{"reason", reason}}).Increment(static_cast<double>(n));
+}
 
-void Metrics::removePod(const std::string& ns, const std::string& pod) {
-  for (auto it = connection_cache_.begin(); it != connection_cache_.end();) {
-    if (std::get<0>(it->first) == ns && std::get<1>(it->first) == pod) {
-      connections_.Remove(it->second);
-      it = connection_cache_.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  if (bypass_rejected_.Has({{"namespace", ns}, {"pod", pod}})) {
-    bypass_rejected_.Remove(&bypass_rejected_.Add({{"namespace", ns}, {"pod", pod}}));
-  }
+void Metrics::addRulesRead(bool ok) { rules_reads_.Add({{"result", ok ? "ok" : "error"}}).Increment(); }
+
+void Metrics::setKubernetesWatchUp(bool up) { kubernetes_watch_up_.Set(up ? 1 : 0); }
+
+void Metrics::addKubernetesWatchRestart() { kubernetes_watch_restarts_.Increment(); }
+
+void Metrics::addKubernetesError(const std::string& kind) {
+  kubernetes_errors_.Add({{"kind", kind}}).Increment();
 }
 
 }  // namespace cw

@@ -1,17 +1,17 @@
 // Prometheus metrics (prometheus-cpp), names prefixed capturewatch_.
-// Label values are bounded: namespace, pod, verdict, reason. Destinations
-// never become labels; they go to the logs.
+// Label values are bounded: namespace, pod, workload, verdict, reason, and
+// pods beyond kMaxPods are folded into pod="_other". Destinations never
+// become labels; they go to the logs and /gaps.
 #pragma once
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
 #include <map>
 #include <memory>
-#include <stdexcept>
+#include <set>
 #include <string>
 #include <tuple>
 
@@ -21,61 +21,67 @@
 
 namespace cw {
 
-class MetricsError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
+// The Kubernetes identity of a watched pod (outside Kubernetes: the
+// target's name as pod, empty namespace and workload).
+struct PodLabels {
+  std::string namespace_;
+  std::string pod;
+  std::string workload;
+  friend auto operator<=>(const PodLabels&, const PodLabels&) = default;
 };
 
 class Metrics {
  public:
+  static constexpr size_t kMaxPods = 2000;
+
   Metrics();
 
-  // Serves /metrics on HOST:PORT. Throws MetricsError if it cannot bind.
-  void serve(const std::string& address);
+  std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
-  void addConnection(const std::string& ns, const std::string& pod, Verdict verdict,
-                     const std::string& reason);
-  void addBypassRejected(const std::string& ns, const std::string& pod);
+  void addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason);
+  void addBypassRejected(const PodLabels& pod);
+  void setPodWithoutSidecar(const PodLabels& pod, bool without);
+  // Removes every series of a pod that is gone.
+  void removePod(const PodLabels& pod);
+
   void setWatchedTargets(size_t n);
-  // Kernel counters are cumulative: the counters advance by the difference.
+  void setReady(bool ready);
+  // Kernel and correlator counters are cumulative: ours advance by the difference.
   void syncKernel(const ProbeCounters& counters);
   void syncCorrelator(const Correlator::Stats& stats);
   void addEventsRead(uint64_t n);
-  void addEventsMalformed(uint64_t n);
-  // Removes every series of a pod that is gone.
-  void removePod(const std::string& ns, const std::string& pod);
-
-  prometheus::Registry& registry() { return *registry_; }
+  void addEventsDropped(const std::string& reason, uint64_t n);
+  void addRulesRead(bool ok);
+  void setKubernetesWatchUp(bool up);
+  void addKubernetesWatchRestart();
+  void addKubernetesError(const std::string& kind);
 
  private:
+  // The labels actually used for a pod: itself, or the overflow series.
+  PodLabels bounded(const PodLabels& pod);
+
   std::shared_ptr<prometheus::Registry> registry_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
   prometheus::Family<prometheus::Counter>& connections_;
   prometheus::Family<prometheus::Counter>& bypass_rejected_;
-  prometheus::Family<prometheus::Gauge>& watched_targets_family_;
-  prometheus::Family<prometheus::Counter>& events_lost_family_;
-  prometheus::Family<prometheus::Counter>& events_read_family_;
-  prometheus::Family<prometheus::Counter>& events_malformed_family_;
-  prometheus::Family<prometheus::Counter>& owner_insert_failed_family_;
-  prometheus::Family<prometheus::Counter>& correlator_evictions_family_;
-  prometheus::Family<prometheus::Counter>& orphan_accepts_family_;
-  prometheus::Family<prometheus::Counter>& duplicate_events_family_;
-  prometheus::Family<prometheus::Counter>& outcomes_lost_family_;
+  prometheus::Family<prometheus::Gauge>& pods_without_sidecar_;
+  prometheus::Family<prometheus::Counter>& events_dropped_;
+  prometheus::Family<prometheus::Counter>& correlator_evictions_;
+  prometheus::Family<prometheus::Counter>& rules_reads_;
+  prometheus::Family<prometheus::Counter>& kubernetes_errors_;
   prometheus::Gauge& watched_targets_;
+  prometheus::Gauge& ready_;
+  prometheus::Gauge& kubernetes_watch_up_;
+  prometheus::Counter& kubernetes_watch_restarts_;
   prometheus::Counter& events_lost_;
   prometheus::Counter& events_read_;
-  prometheus::Counter& events_malformed_;
   prometheus::Counter& owner_insert_failed_;
-  prometheus::Counter& pending_evicted_;
-  prometheus::Counter& followed_evicted_;
   prometheus::Counter& orphan_accepts_;
-  prometheus::Counter& duplicate_events_;
   prometheus::Counter& outcomes_lost_;
   ProbeCounters kernel_seen_;
   Correlator::Stats correlator_seen_;
+  std::set<PodLabels> pods_;  // pods with their own series (at most kMaxPods)
   // Cache of connection counters: the hot path avoids the family's lock.
-  std::map<std::tuple<std::string, std::string, Verdict, std::string>, prometheus::Counter*>
-      connection_cache_;
+  std::map<std::tuple<PodLabels, Verdict, std::string>, prometheus::Counter*> connection_cache_;
 };
 
 }  // namespace cw

@@ -1,17 +1,31 @@
 #include "reporter.h"
 
 #include <algorithm>
+#include <cstring>
+#include <ctime>
 
 namespace cw {
 namespace {
 
-std::string podKey(const TargetMeta& meta) {
-  return meta.namespace_.empty() ? meta.name : meta.namespace_ + "/" + meta.name;
+constexpr const char* kRejectionSymptom =
+    "peer rejected plaintext: strict mTLS reset (503 connection termination)";
+
+std::string isoTime(int64_t realtime_ns) {
+  time_t secs = static_cast<time_t>(realtime_ns / 1'000'000'000);
+  struct tm tm {};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  char out[48];
+  std::snprintf(out, sizeof out, "%s.%03dZ", buf,
+                static_cast<int>((realtime_ns / 1'000'000) % 1000));
+  return out;
 }
 
-// Until the rules explainer exists every gap's reason is "unknown".
-std::string reasonOf(const Connection& conn) {
-  return conn.verdict == Verdict::Bypassed ? "unknown" : "";
+void addPodFields(logging::Fields& f, const PodLabels& pod) {
+  f["pod"] = pod.pod;
+  if (!pod.namespace_.empty()) f["namespace"] = pod.namespace_;
+  if (!pod.workload.empty()) f["workload"] = pod.workload;
 }
 
 }  // namespace
@@ -24,26 +38,30 @@ double PodTally::captureRate() const {
 
 Reporter::Reporter(Metrics* metrics) : metrics_(metrics) {}
 
-void Reporter::addTarget(uint32_t netns, TargetMeta meta) {
-  tallies_.try_emplace(podKey(meta));
-  targets_[netns] = std::move(meta);
+void Reporter::addTarget(uint32_t netns, PodLabels pod) {
+  tallies_.try_emplace(pod);
+  targets_[netns] = std::move(pod);
 }
 
-void Reporter::removeTarget(uint32_t netns) { targets_.erase(netns); }
-
-const TargetMeta& Reporter::meta(uint32_t netns) const {
+void Reporter::removeTarget(uint32_t netns) {
   auto it = targets_.find(netns);
-  return it == targets_.end() ? unknown_target_ : it->second;
+  if (it == targets_.end()) return;
+  tallies_.erase(it->second);
+  targets_.erase(it);
 }
 
-logging::Fields Reporter::fields(const TargetMeta& meta, const Connection& conn,
-                                 const std::string& reason) const {
+const PodLabels& Reporter::pod(uint32_t netns) const {
+  auto it = targets_.find(netns);
+  return it == targets_.end() ? unknown_ : it->second;
+}
+
+logging::Fields Reporter::fields(const PodLabels& pod, const Connection& conn,
+                                 const Why* why) const {
   logging::Fields f;
   f["verdict"] = std::string(toString(conn.verdict));
-  if (!reason.empty()) f["reason"] = reason;
+  if (why != nullptr) f["reason"] = why->reason;
   f["netns"] = conn.netns;
-  f["pod"] = meta.name;
-  if (!meta.namespace_.empty()) f["namespace"] = meta.namespace_;
+  addPodFields(f, pod);
   if (conn.ownerKnown()) {
     f["pid"] = conn.pid;
     f["comm"] = std::string(conn.comm.data(), strnlen(conn.comm.data(), conn.comm.size()));
@@ -56,12 +74,15 @@ logging::Fields Reporter::fields(const TargetMeta& meta, const Connection& conn,
   if (conn.decided_ns >= conn.established_ns) {
     f["decided_after_ms"] = (conn.decided_ns - conn.established_ns) / 1'000'000;
   }
+  if (why != nullptr) {
+    if (!why->rule.empty()) f["rule"] = why->rule;
+    if (!why->remedy.empty()) f["remedy"] = why->remedy;
+  }
   return f;
 }
 
-Gap* Reporter::gapFor(const TargetMeta& meta, const Connection& conn, const std::string& reason,
-                      bool& first) {
-  std::string key = podKey(meta) + "|" + conn.dst.str() + "|" + reason;
+Gap* Reporter::gapFor(const PodLabels& pod, const Connection& conn, const Why& why, bool& first) {
+  std::string key = pod.namespace_ + "/" + pod.pod + "|" + conn.dst.str() + "|" + why.reason;
   auto it = gaps_.find(key);
   first = it == gaps_.end();
   if (first) {
@@ -69,80 +90,69 @@ Gap* Reporter::gapFor(const TargetMeta& meta, const Connection& conn, const std:
       ++gaps_dropped_;
       return nullptr;
     }
-    Gap gap{meta.name, meta.namespace_, conn.dst.str(), reason, 0, {}, conn.decided_ns, 0, false};
+    Gap gap;
+    gap.pod = pod;
+    gap.dst = conn.dst.str();
+    gap.why = why;
+    gap.first_seen_ns = conn.decided_ns;
     it = gaps_.emplace(std::move(key), std::move(gap)).first;
   }
   return &it->second;
 }
 
-void Reporter::report(const Decision& decision) {
+void Reporter::report(const Decision& decision, const Why& why) {
   const Connection& conn = decision.conn;
-  const TargetMeta& m = meta(conn.netns);
-  PodTally& tally = tallies_[podKey(m)];
-  const std::string reason = reasonOf(conn);
-  const bool rejected = conn.verdict == Verdict::Bypassed && isRejection(conn.outcome);
+  const PodLabels& pod = this->pod(conn.netns);
+  PodTally& tally = tallies_[pod];
+  const bool bypassed = conn.verdict == Verdict::Bypassed;
+  const bool rejected = bypassed && isRejection(conn.outcome);
 
-  if (decision.type == Decision::Type::Outcome) {
-    // A bypassed connection reported open has ended.
-    bool first = false;
-    Gap* gap = gapFor(m, conn, reason, first);
-    if (gap != nullptr) gap->outcomes[std::string(toString(conn.outcome))]++;
-    if (rejected) {
-      tally.rejected++;
-      if (metrics_ != nullptr) metrics_->addBypassRejected(m.namespace_, m.name);
+  if (decision.type == Decision::Type::Verdict) {
+    tally.by_verdict[static_cast<size_t>(conn.verdict)]++;
+    if (metrics_ != nullptr) metrics_->addConnection(pod, conn.verdict, bypassed ? why.reason : "");
+    if (!bypassed) {
+      if (logging::enabled(spdlog::level::debug)) logging::debug("verdict", fields(pod, conn, nullptr));
+      return;
     }
-    auto f = fields(m, conn, reason);
-    if (rejected) {
-      f["symptom"] = "peer rejected plaintext: strict mTLS reset (503 connection termination)";
-    }
-    bool warn = rejected && gap != nullptr && !gap->rejection_logged;
-    if (warn) gap->rejection_logged = true;
-    logging::write(warn ? spdlog::level::warn : spdlog::level::debug, "outcome", f);
-    return;
-  }
-
-  tally.by_verdict[static_cast<size_t>(conn.verdict)]++;
-  if (metrics_ != nullptr) metrics_->addConnection(m.namespace_, m.name, conn.verdict, reason);
-
-  if (conn.verdict != Verdict::Bypassed) {
-    if (logging::enabled(spdlog::level::debug)) logging::debug("verdict", fields(m, conn, reason));
-    return;
+  } else if (!bypassed) {
+    return;  // only bypassed connections are followed
   }
 
   bool first = false;
-  Gap* gap = gapFor(m, conn, reason, first);
+  Gap* gap = gapFor(pod, conn, why, first);
   if (gap != nullptr) {
-    gap->count++;
-    gap->last_seen_ns = conn.decided_ns;
+    if (decision.type == Decision::Type::Verdict) {
+      gap->count++;
+      gap->last_seen_ns = conn.decided_ns;
+    }
     if (conn.outcome != Outcome::Open) gap->outcomes[std::string(toString(conn.outcome))]++;
   }
   if (rejected) {
     tally.rejected++;
-    if (metrics_ != nullptr) metrics_->addBypassRejected(m.namespace_, m.name);
+    if (metrics_ != nullptr) metrics_->addBypassRejected(pod);
   }
-  auto f = fields(m, conn, reason);
-  if (rejected) {
-    f["symptom"] = "peer rejected plaintext: strict mTLS reset (503 connection termination)";
+  auto f = fields(pod, conn, &why);
+  if (rejected) f["symptom"] = kRejectionSymptom;
+
+  // The first occurrence of a gap, and its first rejection, at warn;
+  // repeats at debug, counted in the summary.
+  bool warn = false;
+  if (decision.type == Decision::Type::Verdict) {
+    warn = first;
+    if (!first) tally.folded++;
   }
-  if (first) {
-    if (rejected && gap != nullptr) gap->rejection_logged = true;
-    logging::warn("verdict", f);
-  } else {
-    tally.folded++;
-    logging::debug("verdict", f);
+  if (rejected && gap != nullptr && !gap->rejection_logged) {
+    gap->rejection_logged = true;
+    warn = true;
   }
+  logging::write(warn ? spdlog::level::warn : spdlog::level::debug,
+                 decision.type == Decision::Type::Verdict ? "verdict" : "outcome", f);
 }
 
 void Reporter::logSummary() {
-  for (auto& [key, tally] : tallies_) {
+  for (auto& [pod, tally] : tallies_) {
     logging::Fields f;
-    auto slash = key.find('/');
-    if (slash != std::string::npos) {
-      f["namespace"] = key.substr(0, slash);
-      f["pod"] = key.substr(slash + 1);
-    } else {
-      f["pod"] = key;
-    }
+    addPodFields(f, pod);
     for (Verdict v : {Verdict::Captured, Verdict::Bypassed, Verdict::Proxy, Verdict::Local}) {
       f[std::string(toString(v))] = tally.count(v);
     }
@@ -160,13 +170,38 @@ void Reporter::logSummary() {
   }
 }
 
-std::vector<Gap> Reporter::gaps() const {
+std::vector<Gap> Reporter::gaps(size_t limit) const {
   std::vector<Gap> out;
   out.reserve(gaps_.size());
   for (const auto& [key, gap] : gaps_) out.push_back(gap);
   std::stable_sort(out.begin(), out.end(),
-                   [](const Gap& a, const Gap& b) { return a.count > b.count; });
+                   [](const Gap& a, const Gap& b) { return a.last_seen_ns > b.last_seen_ns; });
+  if (out.size() > limit) out.resize(limit);
   return out;
+}
+
+std::string Reporter::gapsJson(size_t limit, int64_t realtime_offset_ns) const {
+  nlohmann::ordered_json doc;
+  nlohmann::ordered_json list = nlohmann::ordered_json::array();
+  for (const Gap& g : gaps(limit)) {
+    nlohmann::ordered_json j;
+    j["namespace"] = g.pod.namespace_;
+    j["pod"] = g.pod.pod;
+    j["workload"] = g.pod.workload;
+    j["dst"] = g.dst;
+    j["reason"] = g.why.reason;
+    j["rule"] = g.why.rule;
+    j["remedy"] = g.why.remedy;
+    j["count"] = g.count;
+    j["outcomes"] = g.outcomes;
+    j["first_seen"] = isoTime(static_cast<int64_t>(g.first_seen_ns) + realtime_offset_ns);
+    j["last_seen"] = isoTime(static_cast<int64_t>(g.last_seen_ns) + realtime_offset_ns);
+    list.push_back(std::move(j));
+  }
+  doc["gaps"] = std::move(list);
+  doc["total_gaps"] = gaps_.size();
+  doc["gaps_dropped"] = gaps_dropped_;
+  return doc.dump();
 }
 
 }  // namespace cw

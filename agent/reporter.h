@@ -1,7 +1,7 @@
 // Turns decisions into what engineers see: log lines (one per verdict at
 // debug, the first of each capture gap at warn, repeats folded into counts,
-// periodic per-pod summaries) and metrics. Keeps the per-pod tallies and the
-// table of gaps that the lab's final report and the summaries print.
+// periodic per-pod summaries), metrics, and the table of recent gaps that
+// /gaps and the lab's final report show.
 #pragma once
 
 #include <array>
@@ -17,9 +17,11 @@
 
 namespace cw {
 
-struct TargetMeta {
-  std::string name;        // pod
-  std::string namespace_;  // Kubernetes namespace, empty outside Kubernetes
+// Why a bypassed connection escaped capture (from the rules explainer).
+struct Why {
+  std::string reason = "unknown";
+  std::string rule;    // the deciding rule in the rules' own syntax
+  std::string remedy;  // one line an engineer can act on
 };
 
 struct PodTally {
@@ -34,13 +36,12 @@ struct PodTally {
 
 // One capture gap: a (pod, destination, reason) seen bypassed.
 struct Gap {
-  std::string pod;
-  std::string namespace_;
+  PodLabels pod;
   std::string dst;
-  std::string reason;
+  Why why;
   uint64_t count = 0;
   std::map<std::string, uint64_t> outcomes;  // outcome name -> connections
-  uint64_t first_seen_ns = 0;
+  uint64_t first_seen_ns = 0;                // CLOCK_MONOTONIC
   uint64_t last_seen_ns = 0;
   bool rejection_logged = false;  // the first rejection was logged at warn
 };
@@ -51,30 +52,32 @@ class Reporter {
 
   explicit Reporter(Metrics* metrics);  // metrics may be null
 
-  void addTarget(uint32_t netns, TargetMeta meta);
+  void addTarget(uint32_t netns, PodLabels pod);
   void removeTarget(uint32_t netns);
+  const PodLabels& pod(uint32_t netns) const;
 
-  void report(const Decision& decision);
+  // why: for bypassed connections (verdict or outcome); ignored otherwise.
+  void report(const Decision& decision, const Why& why = Why{});
 
-  // Logs one summary line per target and resets the folded counts.
+  // Logs one summary line per pod and resets the folded counts.
   void logSummary();
 
-  const std::map<std::string, PodTally>& tallies() const { return tallies_; }
-  std::vector<Gap> gaps() const;  // most connections first
+  const std::map<PodLabels, PodTally>& tallies() const { return tallies_; }
+  // Most recently seen first, at most limit entries.
+  std::vector<Gap> gaps(size_t limit = kMaxGaps) const;
+  // The /gaps document; realtime_offset_ns converts CLOCK_MONOTONIC to wall time.
+  std::string gapsJson(size_t limit, int64_t realtime_offset_ns) const;
   uint64_t gapsDropped() const { return gaps_dropped_; }
 
  private:
-  const TargetMeta& meta(uint32_t netns) const;
-  Gap* gapFor(const TargetMeta& meta, const Connection& conn, const std::string& reason,
-              bool& first);
-  logging::Fields fields(const TargetMeta& meta, const Connection& conn,
-                         const std::string& reason) const;
+  Gap* gapFor(const PodLabels& pod, const Connection& conn, const Why& why, bool& first);
+  logging::Fields fields(const PodLabels& pod, const Connection& conn, const Why* why) const;
 
   Metrics* metrics_;
-  std::unordered_map<uint32_t, TargetMeta> targets_;
-  TargetMeta unknown_target_{"unknown", ""};
-  std::map<std::string, PodTally> tallies_;  // key: namespace/pod
-  std::map<std::string, Gap> gaps_;          // key: namespace/pod|dst|reason
+  std::unordered_map<uint32_t, PodLabels> targets_;
+  PodLabels unknown_{"", "unknown", ""};
+  std::map<PodLabels, PodTally> tallies_;
+  std::map<std::string, Gap> gaps_;  // key: namespace/pod|dst|reason
   uint64_t gaps_dropped_ = 0;
 };
 

@@ -58,7 +58,7 @@ int runCommand(const RunOptions& options) {
 
   Agent agent(agentOptionsFrom(options.common, options.summary_interval_s));
   for (uint64_t id : proxy_cgroups) agent.addProxyCgroup(id);
-  for (const auto& t : targets) agent.addTarget(t);
+  for (const auto& t : targets) agent.addTarget(t, PodLabels{t.namespace_, t.name, ""});
   logging::info("ready", {{"targets", targets.size()},
                           {"proxy_cgroups", proxy_cgroups.size()},
                           {"grace_ms", options.common.grace_ms},

@@ -13,7 +13,6 @@
 #include <stdexcept>
 #include <thread>
 
-#include "istio_rules.h"
 #include "lab/system.h"
 
 namespace cw::lab {
@@ -34,8 +33,9 @@ Address v6(const char* text) { return Address::parse(text).value(); }
 
 void validateName(const std::string& value, const char* field) {
   const bool ok = !value.empty() && value.size() <= 64 && value.front() != '-' &&
-                  value.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                                          "0123456789-_.") == std::string::npos &&
+                  value.find_first_not_of(
+                      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                      "0123456789-_.") == std::string::npos &&
                   value != "." && value != "..";
   if (!ok) {
     throw std::invalid_argument(std::string("PodConfig.") + field + " '" + value +
@@ -48,7 +48,7 @@ void warn(const std::string& message) {
 }
 
 bool exists(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
 }
 
@@ -152,14 +152,23 @@ void LabPod::build() {
 
   // The veth pair is created directly inside the two namespaces (both ends
   // named eth0, like a pod's interface): nothing appears in the host netns
-  // and deleting a netns deletes the pair.
-  runChecked({"ip", "-n", gw_name_, "-batch", "-"}, "ip link/addr setup failed in netns " + gw_name_,
+  // and deleting a netns deletes the pair. The ends get distinct ifindexes on
+  // purpose: in two fresh namespaces both would be 2, and a veth whose ifindex
+  // equals its peer's (its iflink) has its carrier change treated as
+  // non-urgent by linkwatch (rate-limited to one run per second); until then
+  // IPv6 on the upstream side drops the first neighbour solicitation and the
+  // first IPv6 connection waits ~1 s for a SYN retransmit.
+  runChecked({"ip", "-n", gw_name_, "-batch", "-"},
+             "ip link/addr setup failed in netns " + gw_name_,
              "link set lo up\n"
-             "link add eth0 type veth peer name eth0 netns " + up_name_ + "\n"
-             "addr add 198.18.0.2/24 dev eth0\n"
-             "addr add 2001:2::2/64 dev eth0 nodad\n"
-             "link set eth0 up\n");
-  runChecked({"ip", "-n", up_name_, "-batch", "-"}, "ip link/addr setup failed in netns " + up_name_,
+             "link add eth0 index 2 type veth peer name eth0 netns " +
+                 up_name_ +
+                 " index 3\n"
+                 "addr add 198.18.0.2/24 dev eth0\n"
+                 "addr add 2001:2::2/64 dev eth0 nodad\n"
+                 "link set eth0 up\n");
+  runChecked({"ip", "-n", up_name_, "-batch", "-"},
+             "ip link/addr setup failed in netns " + up_name_,
              "link set lo up\n"
              "addr add 198.18.0.1/24 dev eth0\n"
              "addr add 2001:2::1/64 dev eth0 nodad\n"
@@ -167,10 +176,8 @@ void LabPod::build() {
 
   // nsenter --net switches only the network namespace (ip netns exec would
   // also remount /sys).
-  const std::string rules_v4 = config_.rules_v4.value_or(kIstioRulesV4);
-  const std::string rules_v6 = config_.rules_v6.value_or(kIstioRulesV6);
-  const std::pair<const char*, const std::string*> loads[] = {{"iptables-restore", &rules_v4},
-                                                              {"ip6tables-restore", &rules_v6}};
+  const std::pair<const char*, const std::string*> loads[] = {
+      {"iptables-restore", &config_.rules_v4}, {"ip6tables-restore", &config_.rules_v6}};
   for (const auto& [tool, rules] : loads) {
     if (rules->empty()) continue;
     const std::string exe = findExecutable(tool);

@@ -19,11 +19,11 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "event.h"
+#include "istio_rules.h"
 #include "lab/roles.h"
 #include "lab/spawn.h"
 
@@ -39,11 +39,11 @@ struct PodConfig {
   uint16_t redirect_port = 15001;
   uint16_t admin_port = 15000;
   uint32_t proxy_uid = 1337, proxy_gid = 1337;
-  // iptables-restore / ip6tables-restore input for the pod netns. nullopt:
-  // Istio's default (kIstioRulesV4 / kIstioRulesV6 of istio_rules.h); an
-  // empty string: no rules at all (a pod whose capture was never set up).
-  std::optional<std::string> rules_v4;
-  std::optional<std::string> rules_v6;
+  // iptables-restore / ip6tables-restore input for the pod netns, Istio's
+  // own rules by default. An empty string loads no rules at all (a pod whose
+  // capture was never set up).
+  std::string rules_v4 = kIstioRulesV4;
+  std::string rules_v6 = kIstioRulesV6;
   // Servers exit by themselves after this long (they also die with the
   // thread that created the pod).
   std::chrono::seconds server_lifetime = std::chrono::hours(24);
@@ -63,7 +63,8 @@ class LabPod {
   };
 
  public:
-  LabPod(Key, const PodConfig& config);  // use create()
+  // Use create(); the key keeps this constructor private to it.
+  LabPod(Key, const PodConfig& config);
   ~LabPod();  // teardown()
   LabPod(const LabPod&) = delete;
   LabPod& operator=(const LabPod&) = delete;
@@ -81,12 +82,12 @@ class LabPod {
   const std::string& sidecarCgroup() const { return sidecar_cg_; }  // absolute directory
   const std::string& appCgroup() const { return app_cg_; }          // absolute directory
 
-  Address podAddressV4() const;       // 198.18.0.2
-  Address podAddressV6() const;       // 2001:2::2
-  Endpoint upstreamV4() const;        // 198.18.0.1:upstream_port
-  Endpoint upstreamV6() const;        // [2001:2::1]:upstream_port
-  Endpoint adminV4() const;           // 127.0.0.1:admin_port (loopback: never captured)
-  Endpoint adminV6() const;           // [::1]:admin_port
+  Address podAddressV4() const;  // 198.18.0.2
+  Address podAddressV6() const;  // 2001:2::2
+  Endpoint upstreamV4() const;   // 198.18.0.1:upstream_port
+  Endpoint upstreamV6() const;   // [2001:2::1]:upstream_port
+  Endpoint adminV4() const;      // 127.0.0.1:admin_port (loopback: never captured)
+  Endpoint adminV6() const;      // [::1]:admin_port
 
   // Start the servers (each at most once); return once they listen (up to
   // 5 s), throw std::runtime_error if they could not start.
@@ -97,8 +98,8 @@ class LabPod {
 
   struct ClientResult {
     int ok = 0, reset = 0, refused = 0, other = 0;
-    std::vector<uint16_t> local_ports;     // per connection, in order
-    std::vector<ClientOutcome> outcomes;   // per connection, in order
+    std::vector<uint16_t> local_ports;    // per connection, in order
+    std::vector<ClientOutcome> outcomes;  // per connection, in order
   };
   // Runs `count` (1..10000) sequential HTTP GETs to dst from a child in the
   // pod netns, in `cgroup` (a directory; empty: the parent's), as uid/gid,

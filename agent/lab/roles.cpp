@@ -3,6 +3,7 @@
 // netinet/in.h before the kernel headers: it tells linux/libc-compat.h not to
 // redefine in6_addr and friends.
 #include <netinet/in.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/netfilter_ipv4.h>
@@ -129,6 +130,13 @@ void setIoTimeouts(int fd, std::chrono::milliseconds t) {
   tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+// Small writes go out at once (as Envoy does): without it, Nagle holds a
+// close_notify behind an unacknowledged answer for a delayed-ACK period.
+void setNoDelay(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
 // Close with an RST instead of a FIN.
@@ -267,7 +275,8 @@ void serve(std::vector<Listener>& listeners, std::chrono::seconds lifetime) {
   for (auto& l : listeners) fds.push_back({l.fd.get(), POLLIN, 0});
   while (Clock::now() < end) {
     int rc = ::poll(fds.data(), fds.size(), remainingMs(end) + 1);
-    if (rc < 0 && errno != EINTR) throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
+    if (rc < 0 && errno != EINTR)
+      throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
     if (rc <= 0) continue;
     for (size_t i = 0; i < fds.size(); ++i) {
       if (!fds[i].revents) continue;
@@ -310,6 +319,7 @@ void serveUpstreamConnection(UniqueFd fd, SSL_CTX* ctx) {
     return;
   }
   setIoTimeouts(fd.get(), 5s);
+  setNoDelay(fd.get());
   SslPtr ssl(SSL_new(ctx));
   if (!ssl || SSL_set_fd(ssl.get(), fd.get()) != 1 || SSL_accept(ssl.get()) != 1) {
     ERR_clear_error();
@@ -469,6 +479,8 @@ void serveRedirectConnection(UniqueFd app, SSL_CTX* client_ctx, uint16_t redirec
   UniqueFd up = connectWithin(orig, olen, Clock::now() + 3s);
   if (!up) return resetAndClose(app);
   setIoTimeouts(up.get(), 5s);
+  setNoDelay(up.get());
+  setNoDelay(app.get());
   SslPtr ssl(SSL_new(client_ctx));
   if (!ssl || SSL_set_fd(ssl.get(), up.get()) != 1 || SSL_connect(ssl.get()) != 1) {
     ERR_clear_error();
@@ -582,10 +594,10 @@ void sidecarRole(uint16_t redirect_port, uint16_t admin_port, std::chrono::secon
                  int report_fd) {
   SslCtxPtr ctx = makeClientContext();
   std::vector<Listener> listeners;
-  listeners.push_back({listenTcp("::", redirect_port, /*v6only=*/false),
-                       [ctx, redirect_port](UniqueFd fd) {
-                         serveRedirectConnection(std::move(fd), ctx.get(), redirect_port);
-                       }});
+  listeners.push_back(
+      {listenTcp("::", redirect_port, /*v6only=*/false), [ctx, redirect_port](UniqueFd fd) {
+         serveRedirectConnection(std::move(fd), ctx.get(), redirect_port);
+       }});
   listeners.push_back({listenTcp("127.0.0.1", admin_port, false), serveAdminConnection});
   listeners.push_back({listenTcp("::1", admin_port, /*v6only=*/true), serveAdminConnection});
   if (!writeFrame(report_fd, kFrameReady, "")) return;
@@ -618,7 +630,8 @@ std::vector<ClientRecord> decodeClientRecords(const std::string& payload) {
     r.local_port = static_cast<uint16_t>((static_cast<uint8_t>(payload[i]) << 8) |
                                          static_cast<uint8_t>(payload[i + 1]));
     const auto o = static_cast<uint8_t>(payload[i + 2]);
-    if (o > static_cast<uint8_t>(ClientOutcome::kOther)) throw std::runtime_error("malformed client report");
+    if (o > static_cast<uint8_t>(ClientOutcome::kOther))
+      throw std::runtime_error("malformed client report");
     r.outcome = static_cast<ClientOutcome>(o);
     out.push_back(r);
   }

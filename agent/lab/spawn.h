@@ -47,11 +47,11 @@ class ChildProcess {
 // Where and as whom a role runs. Empty/nullopt fields leave that part of the
 // parent's context unchanged.
 struct SpawnOptions {
-  std::string name;                 // comm of the child (prctl PR_SET_NAME)
-  std::string cgroup_dir;           // cgroup v2 directory to join
-  std::string netns_path;           // /run/netns/NAME or /proc/PID/ns/net
-  std::optional<uint32_t> uid;      // setuid (after setgroups(0) and setgid)
-  std::optional<uint32_t> gid;      // setgid
+  std::string name;             // comm of the child (prctl PR_SET_NAME)
+  std::string cgroup_dir;       // cgroup v2 directory to join
+  std::string netns_path;       // /run/netns/NAME or /proc/PID/ns/net
+  std::optional<uint32_t> uid;  // setuid (after setgroups(0) and setgid)
+  std::optional<uint32_t> gid;  // setgid
 };
 
 // The function a child runs; report_fd is the write end of its report pipe.

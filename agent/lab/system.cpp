@@ -83,7 +83,7 @@ std::string findExecutable(const std::string& name) {
   while (std::getline(ss, dir, ':')) {
     if (dir.empty()) continue;
     std::string candidate = dir + "/" + name;
-    struct stat st{};
+    struct stat st {};
     if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
         ::access(candidate.c_str(), X_OK) == 0) {
       return candidate;
@@ -126,7 +126,7 @@ CommandResult runCommand(const std::vector<std::string>& argv, const std::string
 
   sigset_t empty_mask;
   sigemptyset(&empty_mask);
-  struct sigaction dfl{};
+  struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
 
   const pid_t pid = ::fork();
@@ -279,7 +279,7 @@ std::string findCgroup2Root() {
 }
 
 uint64_t cgroupId(const std::string& dir) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
     throw std::runtime_error("cannot stat cgroup " + dir + ": " + errnoText(errno));
   }

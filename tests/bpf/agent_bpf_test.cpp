@@ -158,6 +158,35 @@ TEST_F(AgentTest, ReportsEveryVerdictExactlyOverIPv4AndIPv6) {
   EXPECT_EQ(testutil::metricSum(metrics, "capturewatch_bypass_rejected_total"), kN);
   EXPECT_EQ(testutil::metricSum(metrics, "capturewatch_events_lost_total"), 0);
   EXPECT_EQ(testutil::metricSum(metrics, "capturewatch_watched_targets"), 1);
+  EXPECT_EQ(testutil::metricSum(metrics, "capturewatch_ready"), 1);
+
+  // /gaps: the UID-1337 gap with its counts and outcomes (published each second).
+  json gaps;
+  for (int i = 0; i < 30; ++i) {
+    gaps = json::parse(testutil::httpGet(port, "/gaps", &status), nullptr, false);
+    if (status == 200 && gaps.is_object() && !gaps["gaps"].empty() &&
+        gaps["gaps"][0].value("outcomes", json::object()).value("reset", 0) == kN) {
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_EQ(status, 200);
+  ASSERT_EQ(gaps["gaps"].size(), 1u) << gaps.dump();
+  EXPECT_EQ(gaps["gaps"][0]["dst"], pod_->upstreamV4().str());
+  EXPECT_EQ(gaps["gaps"][0]["reason"], "unknown");
+  EXPECT_EQ(gaps["gaps"][0]["count"], kN);
+  EXPECT_EQ(gaps["gaps"][0]["outcomes"]["reset"], kN);
+  EXPECT_EQ(gaps["gaps"][0]["pod"], targetNameFromPath(pod_->podNetnsPath()));
+
+  // The other endpoints, and nothing else.
+  testutil::httpGet(port, "/healthz", &status);
+  EXPECT_EQ(status, 200);
+  testutil::httpGet(port, "/readyz", &status);
+  EXPECT_EQ(status, 200);
+  testutil::httpGet(port, "/metrics", &status, "POST");
+  EXPECT_EQ(status, 405);
+  testutil::httpGet(port, "/etc/passwd", &status);
+  EXPECT_EQ(status, 404);
 
   // SIGTERM: clean exit with a final summary, and no program left loaded.
   EXPECT_EQ(agent->stop(), 0) << agent->stderrText();

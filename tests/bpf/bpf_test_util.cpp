@@ -63,7 +63,7 @@ uint16_t freePort() {
   return ntohs(sa.sin_port);
 }
 
-std::string httpGet(uint16_t port, const std::string& path, int* status) {
+std::string httpGet(uint16_t port, const std::string& path, int* status, const std::string& method) {
   if (status) *status = 0;
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in sa{};
@@ -76,7 +76,8 @@ std::string httpGet(uint16_t port, const std::string& path, int* status) {
     close(fd);
     return "";
   }
-  std::string req = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  std::string req = method + " " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n" +
+                    (method == "GET" ? "" : "Content-Length: 0\r\n") + "\r\n";
   if (send(fd, req.data(), req.size(), MSG_NOSIGNAL) < 0) {
     close(fd);
     return "";

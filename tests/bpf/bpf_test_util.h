@@ -27,7 +27,8 @@ std::string agentBinary();
 uint16_t freePort();
 
 // GET http://127.0.0.1:port/path; returns the body ("" on failure).
-std::string httpGet(uint16_t port, const std::string& path, int* status = nullptr);
+std::string httpGet(uint16_t port, const std::string& path, int* status = nullptr,
+                    const std::string& method = "GET");
 
 // Prometheus text exposition: "name{labels}" -> value (labels as printed).
 std::map<std::string, double> parseMetrics(const std::string& text);

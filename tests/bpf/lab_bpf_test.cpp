@@ -91,7 +91,7 @@ std::string readFile(const std::string& path) {
 }
 
 uint64_t inodeOf(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   EXPECT_EQ(::stat(path.c_str(), &st), 0) << path;
   return st.st_ino;
 }
@@ -239,9 +239,9 @@ TEST(LabPodLifecycle, FailureHalfwayThroughCreateLeavesNothingBehind) {
     LabPod::create(config);
     ADD_FAILURE() << "create() did not fail";
   } catch (const std::runtime_error& e) {
-    EXPECT_NE(std::string(e.what()).find("ip6tables-restore failed in netns cw-lab-" + myPid() +
-                                         "-gw: "),
-              std::string::npos)
+    EXPECT_NE(
+        std::string(e.what()).find("ip6tables-restore failed in netns cw-lab-" + myPid() + "-gw: "),
+        std::string::npos)
         << e.what();
   }
   expectNothingLeft();
@@ -275,9 +275,10 @@ TEST(LabPodLifecycle, PodWithoutCaptureRulesLetsAppTrafficOutInPlaintext) {
 
 TEST(LabSystem, FindsTheCgroup2Mount) {
   const std::string root = findCgroup2Root();
-  struct statfs sfs{};
+  struct statfs sfs {};
   ASSERT_EQ(::statfs(root.c_str(), &sfs), 0) << root;
-  EXPECT_EQ(static_cast<unsigned long>(sfs.f_type), static_cast<unsigned long>(CGROUP2_SUPER_MAGIC));
+  EXPECT_EQ(static_cast<unsigned long>(sfs.f_type),
+            static_cast<unsigned long>(CGROUP2_SUPER_MAGIC));
   EXPECT_TRUE(fs::exists(root + "/cgroup.procs"));
 }
 
