@@ -11,7 +11,14 @@
 //
 // Requires root (CAP_SYS_ADMIN, CAP_NET_ADMIN), iproute2, nsenter,
 // iptables-restore/ip6tables-restore and a cgroup v2 mount. Everything
-// created is removed by the destructor (also after a failed create()).
+// created is removed by the destructor (also after a failed create()); a
+// process killed without unwinding (SIGKILL, an unhandled SIGTERM) takes its
+// children with it (PR_SET_PDEATHSIG) but leaves the two netns and the cgroup
+// directories behind.
+//
+// The role processes are fork()ed, not exec()ed: create the pod and start its
+// servers before the process starts other threads when possible. A server dies
+// when the *thread* that started it exits (PR_SET_PDEATHSIG is per thread).
 #pragma once
 
 #include <sys/types.h>

@@ -196,7 +196,21 @@ TEST_F(LabPodTest, CgroupIdIsTheKernelsId) {
 }
 
 TEST_F(LabPodTest, SecondPodWithTheSameNamesFailsWithoutHarmingTheFirst) {
+  // Same cgroup: fails first thing.
   EXPECT_THROW(LabPod::create(PodConfig{}), std::runtime_error);
+  // Own cgroups, same netns names: fails at `ip netns add`, removes its own
+  // cgroups and nothing of the first pod.
+  PodConfig other;
+  other.cgroup_prefix = "capturewatch-lab-other";
+  try {
+    LabPod::create(other);
+    ADD_FAILURE() << "create() did not fail";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("ip netns add cw-lab-" + myPid() + "-gw: "),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(findCgroup2Root() + "/capturewatch-lab-other-" + myPid()));
   EXPECT_TRUE(fs::exists(pod_->podNetnsPath()));
   EXPECT_TRUE(fs::exists(pod_->sidecarCgroup()));
   auto r = pod_->runClient(kAppUid, kAppGid, pod_->appCgroup(), pod_->upstreamV4(), 1);
