@@ -110,7 +110,12 @@ void Agent::onRecord(std::span<const uint8_t> raw) {
 }
 
 void Agent::flushDecisions() {
+  if (decisions_.empty()) return;
+  const uint64_t now = monotonicNowNs();
   for (const Decision& d : decisions_) {
+    if (d.type == Decision::Type::Verdict && now >= d.conn.established_ns) {
+      metrics_.observeVerdictLatency(static_cast<double>(now - d.conn.established_ns) / 1e9);
+    }
     if (d.conn.verdict == Verdict::Bypassed && explainer_) {
       reporter_.report(d, explainer_(d.conn));
     } else {

@@ -48,22 +48,12 @@ Metrics::Metrics()
       rules_reads_(counter("capturewatch_rules_reads_total",
                            "Reads of a watched pod's netfilter rules, by result (ok, error).",
                            *registry_)),
-      kubernetes_errors_(counter("capturewatch_kubernetes_errors_total",
-                                 "Kubernetes discovery errors, by kind.", *registry_)),
       watched_targets_(gauge("capturewatch_watched_targets",
                              "Pods (network namespaces) watched on this node.", *registry_)
                            .Add({})),
       ready_(gauge("capturewatch_ready",
                    "1 when the BPF programs are attached and the targets are synced.", *registry_)
                  .Add({})),
-      kubernetes_watch_up_(gauge("capturewatch_kubernetes_watch_up",
-                                 "1 when the pod watch on the API server is connected and synced.",
-                                 *registry_)
-                               .Add({})),
-      kubernetes_watch_restarts_(counter("capturewatch_kubernetes_watch_restarts_total",
-                                         "Pod watches restarted (disconnects, 410 Gone).",
-                                         *registry_)
-                                     .Add({})),
       events_lost_(counter("capturewatch_events_lost_total",
                            "Kernel events dropped because the ring buffer was full.", *registry_)
                        .Add({})),
@@ -83,7 +73,15 @@ Metrics::Metrics()
       outcomes_lost_(counter("capturewatch_outcomes_lost_total",
                              "Bypassed connections whose end was never seen (close record lost).",
                              *registry_)
-                         .Add({})) {
+                         .Add({})),
+      verdict_latency_(prometheus::BuildHistogram()
+                           .Name("capturewatch_verdict_latency_seconds")
+                           .Help("Time from a connection's establishment to its verdict being "
+                                 "reported (bypassed verdicts wait for the grace window).")
+                           .Register(*registry_)
+                           .Add({}, prometheus::Histogram::BucketBoundaries{
+                                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.25, 0.3,
+                                        0.5, 1, 2.5})) {
   gauge("capturewatch_build_info", "Build information; the value is always 1.", *registry_)
       .Add({{"version", CW_VERSION}})
       .Set(1);
@@ -165,6 +163,8 @@ void Metrics::syncCorrelator(const Correlator::Stats& stats) {
   advance(outcomes_lost_, correlator_seen_.outcomes_lost, stats.outcomes_lost);
 }
 
+void Metrics::observeVerdictLatency(double seconds) { verdict_latency_.Observe(seconds); }
+
 void Metrics::addEventsRead(uint64_t n) { events_read_.Increment(static_cast<double>(n)); }
 
 void Metrics::addEventsDropped(const std::string& reason, uint64_t n) {
@@ -173,12 +173,33 @@ void Metrics::addEventsDropped(const std::string& reason, uint64_t n) {
 
 void Metrics::addRulesRead(bool ok) { rules_reads_.Add({{"result", ok ? "ok" : "error"}}).Increment(); }
 
-void Metrics::setKubernetesWatchUp(bool up) { kubernetes_watch_up_.Set(up ? 1 : 0); }
+void Metrics::enableKubernetes() {
+  if (kubernetes_watch_up_ != nullptr) return;
+  kubernetes_watch_up_ =
+      &gauge("capturewatch_kubernetes_watch_up",
+             "1 when the pod watch on the API server is connected and synced.", *registry_)
+           .Add({});
+  kubernetes_watch_restarts_ = &counter("capturewatch_kubernetes_watch_restarts_total",
+                                        "Pod watches restarted (disconnects, 410 Gone).", *registry_)
+                                    .Add({});
+  kubernetes_errors_ =
+      &counter("capturewatch_kubernetes_errors_total", "Kubernetes discovery errors, by kind.",
+               *registry_);
+}
 
-void Metrics::addKubernetesWatchRestart() { kubernetes_watch_restarts_.Increment(); }
+void Metrics::setKubernetesWatchUp(bool up) {
+  enableKubernetes();
+  kubernetes_watch_up_->Set(up ? 1 : 0);
+}
+
+void Metrics::addKubernetesWatchRestart() {
+  enableKubernetes();
+  kubernetes_watch_restarts_->Increment();
+}
 
 void Metrics::addKubernetesError(const std::string& kind) {
-  kubernetes_errors_.Add({{"kind", kind}}).Increment();
+  enableKubernetes();
+  kubernetes_errors_->Add({{"kind", kind}}).Increment();
 }
 
 }  // namespace cw

@@ -7,6 +7,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
 #include <map>
@@ -49,9 +50,13 @@ class Metrics {
   // Kernel and correlator counters are cumulative: ours advance by the difference.
   void syncKernel(const ProbeCounters& counters);
   void syncCorrelator(const Correlator::Stats& stats);
+  // Seconds from a connection's establishment to its verdict being reported.
+  void observeVerdictLatency(double seconds);
   void addEventsRead(uint64_t n);
   void addEventsDropped(const std::string& reason, uint64_t n);
   void addRulesRead(bool ok);
+  // Registers the Kubernetes discovery metrics (only exported in that mode).
+  void enableKubernetes();
   void setKubernetesWatchUp(bool up);
   void addKubernetesWatchRestart();
   void addKubernetesError(const std::string& kind);
@@ -67,16 +72,17 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& events_dropped_;
   prometheus::Family<prometheus::Counter>& correlator_evictions_;
   prometheus::Family<prometheus::Counter>& rules_reads_;
-  prometheus::Family<prometheus::Counter>& kubernetes_errors_;
+  prometheus::Family<prometheus::Counter>* kubernetes_errors_ = nullptr;
   prometheus::Gauge& watched_targets_;
   prometheus::Gauge& ready_;
-  prometheus::Gauge& kubernetes_watch_up_;
-  prometheus::Counter& kubernetes_watch_restarts_;
+  prometheus::Gauge* kubernetes_watch_up_ = nullptr;
+  prometheus::Counter* kubernetes_watch_restarts_ = nullptr;
   prometheus::Counter& events_lost_;
   prometheus::Counter& events_read_;
   prometheus::Counter& owner_insert_failed_;
   prometheus::Counter& orphan_accepts_;
   prometheus::Counter& outcomes_lost_;
+  prometheus::Histogram& verdict_latency_;
   ProbeCounters kernel_seen_;
   Correlator::Stats correlator_seen_;
   std::set<PodLabels> pods_;  // pods with their own series (at most kMaxPods)
