@@ -70,9 +70,15 @@ void Agent::addTarget(const Target& target, const PodLabels& labels) {
   f["netns_path"] = target.netns_path;
   f["redirect_port"] = options_.probe.redirect_port;
   logging::info("watching", f);
+  for (auto& observe : target_observers_) observe(target, true);
 }
 
 void Agent::removeTarget(uint32_t netns) {
+  for (const auto& t : targets_) {
+    if (t.netns != netns) continue;
+    for (auto& observe : target_observers_) observe(t, false);
+    break;
+  }
   probe_->unwatchNetns(netns);
   correlator_.forgetNetns(netns);
   metrics_.removePod(reporter_.pod(netns));
@@ -165,6 +171,7 @@ void Agent::run(const std::atomic<bool>& stop,
     pollOnce(timeout_ms);
     auto now = Clock::now();
     if (now >= next_sync) {
+      if (periodic_) periodic_();
       syncCounters();
       publishGaps();
       next_sync = now + std::chrono::seconds(1);

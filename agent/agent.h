@@ -48,6 +48,13 @@ class Agent {
   // Ready (for /readyz) once targets are synced; static targets are at once.
   void setTargetsSynced(bool synced) { targets_synced_ = synced; }
 
+  // Called on the agent's thread when a target is added (true) or removed.
+  using TargetObserver = std::function<void(const Target&, bool added)>;
+  void observeTargets(TargetObserver fn) { target_observers_.push_back(std::move(fn)); }
+
+  // Runs fn on the agent's thread about once a second.
+  void setPeriodic(std::function<void()> fn) { periodic_ = std::move(fn); }
+
   // Runs fn on the agent's thread at the next loop iteration.
   void post(std::function<void()> fn);
 
@@ -76,6 +83,8 @@ class Agent {
   Reporter reporter_;
   Correlator correlator_;
   Explainer explainer_;
+  std::function<void()> periodic_;
+  std::vector<TargetObserver> target_observers_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<Probe> probe_;
   std::vector<Target> targets_;

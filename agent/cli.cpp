@@ -17,6 +17,7 @@ constexpr const char* kUsage =
     "Commands:\n"
     "  run       the agent: watch network namespaces and report verdicts\n"
     "  lab       build a simulated gateway pod on this machine and run the agent on it\n"
+    "  explain   print a pod's capture policy from its live rules, or trace one connection\n"
     "  version   print the version\n"
     "\n"
     "Run 'capturewatch COMMAND --help' for the options of a command.\n";
@@ -106,6 +107,26 @@ uint32_t nonNegative(const char* flag, int value) {
 
 }  // namespace
 
+std::optional<Endpoint> parseEndpoint(const std::string& text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= text.size()) return std::nullopt;
+  std::string host = text.substr(0, colon);
+  const std::string port = text.substr(colon + 1);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  } else if (host.find(':') != std::string::npos) {
+    return std::nullopt;  // an IPv6 address needs brackets
+  }
+  if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos) {
+    return std::nullopt;
+  }
+  int p = std::stoi(port);
+  if (p < 1 || p > 65535) return std::nullopt;
+  auto addr = Address::parse(host);
+  if (!addr) return std::nullopt;
+  return Endpoint{*addr, static_cast<uint16_t>(p)};
+}
+
 void checkListenAddress(const std::string& flag, const std::string& value) {
   auto colon = value.rfind(':');
   if (colon == std::string::npos || colon == 0 || colon + 1 >= value.size()) {
@@ -132,6 +153,7 @@ Command parseCommandLine(const std::vector<std::string>& args) {
     CommonRaw raw;
     int summary = 60;
     int duration = 0;
+    int rules_interval = 30;
     po::options_description desc("Options");
     desc.add_options()
         ("netns", po::value<std::vector<std::string>>(&opts.netns_paths),
@@ -141,7 +163,10 @@ Command parseCommandLine(const std::vector<std::string>& args) {
         ("summary-interval", po::value<int>(&summary)->default_value(60),
          "seconds between per-pod summary lines")
         ("duration", po::value<int>(&duration)->default_value(0),
-         "stop after this many seconds (0: run until SIGINT/SIGTERM)");
+         "stop after this many seconds (0: run until SIGINT/SIGTERM)")
+        ("rules-interval", po::value<int>(&rules_interval)->default_value(30),
+         "seconds between re-reads of each pod's capture rules (a gap also triggers one, at "
+         "most once a second)");
     addCommon(desc, raw, "info", true);
     auto vm = parse(desc, rest);
     if (vm.count("help")) return HelpRequest{helpText("Usage: capturewatch run --netns PATH [OPTIONS]", desc)};
@@ -150,6 +175,10 @@ Command parseCommandLine(const std::vector<std::string>& args) {
     if (summary < 1) throw UsageError("--summary-interval must be at least 1 second");
     opts.summary_interval_s = static_cast<uint32_t>(summary);
     opts.duration_s = nonNegative("--duration", duration);
+    if (rules_interval < 1 || rules_interval > 3600) {
+      throw UsageError("--rules-interval must be between 1 and 3600 seconds");
+    }
+    opts.rules_interval_s = static_cast<uint32_t>(rules_interval);
     return opts;
   }
 
@@ -177,7 +206,60 @@ Command parseCommandLine(const std::vector<std::string>& args) {
     return opts;
   }
 
-  throw UsageError("unknown command '" + cmd + "' (commands: run, lab, version)");
+  if (cmd == "explain") {
+    ExplainOptions opts;
+    int pid = -1;
+    std::string netns;
+    std::string dst;
+    long long uid = -1;
+    long long gid = -1;
+    int redirect_port = 15001;
+    std::string format = "text";
+    po::options_description desc("Options");
+    desc.add_options()
+        ("pid", po::value<int>(&pid), "a process of the pod (its network namespace is read)")
+        ("netns", po::value<std::string>(&netns), "the pod's network namespace: /proc/PID/ns/net or /run/netns/NAME")
+        ("dst", po::value<std::string>(&dst), "trace one connection to IP:PORT ([v6]:PORT)")
+        ("uid", po::value<long long>(&uid), "the connecting process's UID (with --dst; required)")
+        ("gid", po::value<long long>(&gid), "its GID (with --dst; default: the UID)")
+        ("redirect-port", po::value<int>(&redirect_port)->default_value(15001),
+         "the sidecar's outbound capture port")
+        ("format", po::value<std::string>(&format)->default_value("text"), "text | json")
+        ("help,h", "show this help");
+    auto vm = parse(desc, rest);
+    if (vm.count("help")) {
+      return HelpRequest{helpText(
+          "Usage: capturewatch explain (--pid PID | --netns PATH) [--dst IP:PORT --uid UID "
+          "[--gid GID]] [--format json]\n\nExit status: 0 captured (or policy printed), 1 not "
+          "captured, 2 error.",
+          desc)};
+    }
+    if ((pid >= 0) == !netns.empty()) throw UsageError("explain needs exactly one of --pid or --netns");
+    if (vm.count("pid")) {
+      if (pid <= 0) throw UsageError("--pid must be a positive process id");
+      opts.pid = static_cast<uint32_t>(pid);
+    }
+    opts.netns_path = netns;
+    if (redirect_port < 1 || redirect_port > 65535) {
+      throw UsageError("--redirect-port must be between 1 and 65535");
+    }
+    opts.redirect_port = static_cast<uint16_t>(redirect_port);
+    if (format != "text" && format != "json") throw UsageError("--format must be text or json");
+    opts.json = format == "json";
+    if (!dst.empty()) {
+      opts.dst = parseEndpoint(dst);
+      if (!opts.dst) throw UsageError("--dst must be IP:PORT or [IPv6]:PORT, got '" + dst + "'");
+      if (uid < 0) throw UsageError("--dst needs --uid (the UID the connection is made as)");
+    } else if (uid >= 0 || gid >= 0) {
+      throw UsageError("--uid and --gid describe the connection of --dst");
+    }
+    if (uid > 0xffffffffLL || gid > 0xffffffffLL) throw UsageError("--uid/--gid out of range");
+    opts.uid = uid < 0 ? 0 : static_cast<uint32_t>(uid);
+    opts.gid = gid < 0 ? opts.uid : static_cast<uint32_t>(gid);
+    return opts;
+  }
+
+  throw UsageError("unknown command '" + cmd + "' (commands: run, lab, explain, version)");
 }
 
 }  // namespace cw

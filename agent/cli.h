@@ -9,6 +9,7 @@
 #include <variant>
 #include <vector>
 
+#include "event.h"
 #include "logging.h"
 
 namespace cw {
@@ -33,6 +34,7 @@ struct RunOptions {
   std::vector<std::string> proxy_cgroups;
   uint32_t summary_interval_s = 60;
   uint32_t duration_s = 0;  // 0: until SIGINT/SIGTERM
+  uint32_t rules_interval_s = 30;  // re-read every pod's capture rules this often
 };
 
 struct LabOptions {
@@ -41,15 +43,28 @@ struct LabOptions {
   uint32_t interval_ms = 1000;  // between rounds of app calls
 };
 
+struct ExplainOptions {
+  std::optional<uint32_t> pid;
+  std::string netns_path;
+  uint16_t redirect_port = 15001;
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  std::optional<Endpoint> dst;  // trace one connection
+  bool json = false;
+};
+
 struct HelpRequest {
   std::string text;
 };
 struct VersionRequest {};
 
-using Command = std::variant<RunOptions, LabOptions, HelpRequest, VersionRequest>;
+using Command = std::variant<RunOptions, LabOptions, ExplainOptions, HelpRequest, VersionRequest>;
 
 // args excludes the program name. Throws UsageError with a one-line message.
 Command parseCommandLine(const std::vector<std::string>& args);
+
+// Parses "IP:PORT" / "[V6]:PORT" into an endpoint; nullopt if malformed.
+std::optional<Endpoint> parseEndpoint(const std::string& text);
 
 // Parses "HOST:PORT" / "[V6]:PORT"; throws UsageError naming the flag.
 void checkListenAddress(const std::string& flag, const std::string& value);

@@ -9,6 +9,7 @@ namespace cw {
 
 int runCommand(const RunOptions& options);
 int labCommand(const LabOptions& options);
+int explainCommand(const ExplainOptions& options);
 
 // SIGINT/SIGTERM set the returned flag (installed without SA_RESTART so a
 // blocking poll returns at once).

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "agent.h"
+#include "explain_wiring.h"
 #include "commands.h"
 #include "lab/lab_pod.h"
 #include "lab/system.h"
@@ -103,6 +104,9 @@ int labCommand(const LabOptions& options) {
   AgentOptions agent_options = agentOptionsFrom(options.common, 3600);
   agent_options.probe.redirect_port = config.redirect_port;
   Agent agent(agent_options);
+  ExplainSettings explain_settings;
+  explain_settings.redirect_port = config.redirect_port;
+  auto explainer = attachExplainer(agent, explain_settings);
   agent.addProxyCgroup(lab::cgroupId(pod->sidecarCgroup()));
   Target target;
   target.netns = netnsInode(pod->podNetnsPath());

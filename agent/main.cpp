@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (auto* run = std::get_if<cw::RunOptions>(&command)) return cw::runCommand(*run);
+    if (auto* ex = std::get_if<cw::ExplainOptions>(&command)) return cw::explainCommand(*ex);
     return cw::labCommand(std::get<cw::LabOptions>(command));
   } catch (const std::exception& e) {
     std::fflush(stdout);

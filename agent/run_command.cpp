@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "agent.h"
+#include "explain_wiring.h"
 #include "commands.h"
 #include "logging.h"
 #include "targets.h"
@@ -57,6 +58,10 @@ int runCommand(const RunOptions& options) {
   const auto& stop = installStopSignals();
 
   Agent agent(agentOptionsFrom(options.common, options.summary_interval_s));
+  ExplainSettings explain_settings;
+  explain_settings.redirect_port = options.common.redirect_port;
+  explain_settings.rules_interval_ns = uint64_t{options.rules_interval_s} * 1'000'000'000ull;
+  auto explainer = attachExplainer(agent, explain_settings);
   for (uint64_t id : proxy_cgroups) agent.addProxyCgroup(id);
   for (const auto& t : targets) agent.addTarget(t, PodLabels{t.namespace_, t.name, ""});
   logging::info("ready", {{"targets", targets.size()},

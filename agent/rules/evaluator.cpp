@@ -57,8 +57,7 @@ Tri evaluateMatch(const Match& m, const Packet& p, Backend backend) {
       break;
     case MatchKind::SourceAddress:
     case MatchKind::DestinationAddress: {
-      const Address& a =
-          m.kind == MatchKind::SourceAddress ? p.conn.src.addr : p.conn.dst.addr;
+      const Address& a = m.kind == MatchKind::SourceAddress ? p.conn.src.addr : p.conn.dst.addr;
       if (m.kind == MatchKind::SourceAddress && a.isUnspecified()) return Tri::Unknown;
       t = fromBool(std::any_of(m.cidrs.begin(), m.cidrs.end(),
                                [&](const Cidr& c) { return c.contains(a); }));
@@ -78,8 +77,7 @@ Tri evaluateMatch(const Match& m, const Packet& p, Backend backend) {
       break;
     case MatchKind::SourcePort:
     case MatchKind::DestinationPort: {
-      const uint16_t port =
-          m.kind == MatchKind::SourcePort ? p.conn.src.port : p.conn.dst.port;
+      const uint16_t port = m.kind == MatchKind::SourcePort ? p.conn.src.port : p.conn.dst.port;
       if (m.kind == MatchKind::SourcePort && port == 0) return Tri::Unknown;
       t = fromBool(std::any_of(m.ports.begin(), m.ports.end(),
                                [&](const PortRange& r) { return r.contains(port); }));
@@ -166,7 +164,7 @@ class Walk {
       Frame& frame = stack.back();
       if (frame.next >= frame.chain->rules.size()) {
         if (stack.size() == 1) return policy(*base.chain);  // fell off the base chain
-        stack.pop_back();  // implicit return
+        stack.pop_back();                                   // implicit return
         continue;
       }
       const Rule& rule = frame.chain->rules[frame.next++];
@@ -350,8 +348,8 @@ Evaluation Evaluator::evaluate(const Connection& conn) const {
   }
   const bool covered = family == Family::Ipv4 ? rules_.covers_ipv4 : rules_.covers_ipv6;
   if (!covered) {
-    ev.note = std::string("the rule set holds no ") +
-              (family == Family::Ipv4 ? "IPv4" : "IPv6") + " rules (read them too)";
+    ev.note = std::string("the rule set holds no ") + (family == Family::Ipv4 ? "IPv4" : "IPv6") +
+              " rules (read them too)";
     return ev;
   }
 

@@ -70,15 +70,14 @@ bool isJumpTo(const Action* a, std::string_view chain) {
   return a && (a->kind == ActionKind::Jump || a->kind == ActionKind::Goto) && a->chain == chain;
 }
 
-bool lets_through(const Action* a) {
+bool letsThrough(const Action* a) {
   return a && (a->kind == ActionKind::Return || a->kind == ActionKind::Accept);
 }
 
 // Matches other than the protocol (which only narrows tcp/udp duplicates).
 size_t conditionCount(const Rule& rule) {
-  return static_cast<size_t>(std::count_if(rule.matches.begin(), rule.matches.end(), [](auto& m) {
-    return m.kind != MatchKind::Protocol;
-  }));
+  return static_cast<size_t>(std::count_if(rule.matches.begin(), rule.matches.end(),
+                                           [](auto& m) { return m.kind != MatchKind::Protocol; }));
 }
 
 // Which packet families a rule can match: its table's, narrowed by family
@@ -95,8 +94,10 @@ std::pair<bool, bool> familiesOf(const Table& table, const Rule& rule) {
     }
     if ((m.kind == MatchKind::DestinationAddress || m.kind == MatchKind::SourceAddress) &&
         !m.negated && !m.cidrs.empty()) {
-      v4 = v4 && std::any_of(m.cidrs.begin(), m.cidrs.end(), [](const Cidr& c) { return c.isV4(); });
-      v6 = v6 && std::any_of(m.cidrs.begin(), m.cidrs.end(), [](const Cidr& c) { return !c.isV4(); });
+      v4 =
+          v4 && std::any_of(m.cidrs.begin(), m.cidrs.end(), [](const Cidr& c) { return c.isV4(); });
+      v6 = v6 &&
+           std::any_of(m.cidrs.begin(), m.cidrs.end(), [](const Cidr& c) { return !c.isV4(); });
     }
   }
   return {v4, v6};
@@ -136,10 +137,9 @@ void summariseOutbound(const Table& table, const Chain& outbound, Policy& p) {
       continue;
     }
 
-    const bool to_redirect =
-        (redirect && isJumpTo(a, redirect->name)) ||
-        (!redirect && a && a->kind == ActionKind::Redirect &&
-         matchesOf(rule, MatchKind::DestinationPort, false).empty());
+    const bool to_redirect = (redirect && isJumpTo(a, redirect->name)) ||
+                             (!redirect && a && a->kind == ActionKind::Redirect &&
+                              matchesOf(rule, MatchKind::DestinationPort, false).empty());
     if (to_redirect) {
       const auto [v4, v6] = familiesOf(table, rule);
       p.capture = p.capture || v4 || v6;
@@ -158,7 +158,7 @@ void summariseOutbound(const Table& table, const Chain& outbound, Policy& p) {
       if (!narrowed) p.includes_all = true;
       continue;
     }
-    if (!lets_through(a) || lo) continue;
+    if (!letsThrough(a) || lo) continue;
 
     const auto uids = matchesOf(rule, MatchKind::OwnerUid, false);
     const auto gids = matchesOf(rule, MatchKind::OwnerGid, false);
@@ -238,7 +238,7 @@ Policy summarise(const RuleSet& rules) {
           if (isJumpTo(verdictOf(r), c.name)) reached = true;
           // Interfaces excluded before the jump (ExcludeInterfaces).
           const auto oifs = matchesOf(r, MatchKind::OutInterface, false);
-          if (!reached && lets_through(verdictOf(r)) && !oifs.empty() && !onLoopback(r)) {
+          if (!reached && letsThrough(verdictOf(r)) && !oifs.empty() && !onLoopback(r)) {
             for (const Match* m : oifs) {
               for (const std::string& n : m->names) addUnique(p.excluded_interfaces, n);
             }
@@ -278,8 +278,8 @@ std::string Policy::str() const {
     out += "captured destinations: " + (dest.empty() ? std::string("none") : dest) + "\n";
   }
   if (proxy_uid || proxy_gid) {
-    out += "proxy: uid " + (proxy_uid ? std::to_string(*proxy_uid) : std::string("?")) +
-           ", gid " + (proxy_gid ? std::to_string(*proxy_gid) : std::string("?")) + "\n";
+    out += "proxy: uid " + (proxy_uid ? std::to_string(*proxy_uid) : std::string("?")) + ", gid " +
+           (proxy_gid ? std::to_string(*proxy_gid) : std::string("?")) + "\n";
   }
   if (!exempt_uids.empty()) out += "exempt uids: " + joined(exempt_uids) + "\n";
   if (!exempt_gids.empty()) out += "exempt gids: " + joined(exempt_gids) + "\n";
@@ -322,8 +322,6 @@ std::string_view reasonName(Reason reason) {
 
 namespace {
 
-std::string idList(const std::vector<OwnerId>& ids) { return joined(ids); }
-
 // The reason a connection let through by `rule` (RETURN / ACCEPT) escapes,
 // from the matches that selected it.
 Reason reasonOf(const Rule& rule) {
@@ -356,16 +354,16 @@ Reason reasonOf(const Rule& rule) {
 std::string remedyFor(Reason reason, const Rule* rule, const Policy& policy,
                       const Connection& conn) {
   const bool negated_owner =
-      rule && matchesOf(*rule, reason == Reason::OwnerUid ? MatchKind::OwnerUid
-                                                          : MatchKind::OwnerGid,
-                        false)
-                  .empty();
+      rule &&
+      matchesOf(*rule, reason == Reason::OwnerUid ? MatchKind::OwnerUid : MatchKind::OwnerGid,
+                false)
+          .empty();
   switch (reason) {
     case Reason::OwnerUid:
       if (negated_owner) {
         return "UID " + std::to_string(conn.uid) +
-               " is not among the UIDs whose traffic is captured (" +
-               idList(policy.included_uids) + "): run the app as one of them";
+               " is not among the UIDs whose traffic is captured (" + joined(policy.included_uids) +
+               "): run the app as one of them";
       }
       return "the container runs as UID " + std::to_string(conn.uid) +
              ", the proxy's UID, which Istio exempts from capture: run the app as another UID "
@@ -374,7 +372,7 @@ std::string remedyFor(Reason reason, const Rule* rule, const Policy& policy,
       if (negated_owner) {
         return "GID " + std::to_string(conn.gid) +
                " is not among the groups whose traffic is captured (" +
-               idList(policy.included_gids) +
+               joined(policy.included_gids) +
                "; ISTIO_OUTBOUND_OWNER_GROUPS / OwnerGroupsInclude): add it there or run the "
                "app with one of those groups (securityContext.runAsGroup)";
       }
@@ -401,14 +399,16 @@ std::string remedyFor(Reason reason, const Rule* rule, const Policy& policy,
         }
       }
       return what +
-             " is excluded from outbound capture (traffic.sidecar.istio.io/excludeOutboundIPRanges): "
+             " is excluded from outbound capture "
+             "(traffic.sidecar.istio.io/excludeOutboundIPRanges): "
              "remove the range from the annotation to send this traffic through the sidecar";
     }
     case Reason::NotIncluded: {
       std::string scope;
       if (!policy.included_cidrs.empty()) scope = "IP ranges " + joined(policy.included_cidrs);
       if (!policy.included_ports.empty()) {
-        scope += (scope.empty() ? "" : "; ") + std::string("ports ") + joined(policy.included_ports);
+        scope +=
+            (scope.empty() ? "" : "; ") + std::string("ports ") + joined(policy.included_ports);
       }
       return conn.dst.str() + " is outside the captured destinations" +
              (scope.empty() ? "" : " (" + scope + ")") +
@@ -425,10 +425,10 @@ std::string remedyFor(Reason reason, const Rule* rule, const Policy& policy,
       return "the destination is inside the pod (loopback or the pod's own address): not subject "
              "to outbound capture";
     case Reason::NoCaptureRules: {
-      const std::string why =
-          policy.capture ? policy.outbound_chain + " sends no " +
-                               (conn.dst.addr.isV4() ? "IPv4" : "IPv6") + " traffic to the redirect"
-                         : policy.why_no_capture;
+      const std::string why = policy.capture ? policy.outbound_chain + " sends no " +
+                                                   (conn.dst.addr.isV4() ? "IPv4" : "IPv6") +
+                                                   " traffic to the redirect"
+                                             : policy.why_no_capture;
       return "no Istio outbound capture in this network namespace (" + why +
              "): check that injection ran istio-init or the istio-cni plugin, that "
              "sidecar.istio.io/interceptionMode is not NONE, and, with istio-cni, that the pod "
@@ -480,8 +480,8 @@ Explanation explain(const Evaluator& evaluator, const Policy& policy, const Conn
       return x;
     case Verdict::Drop:
       x.reason = Reason::Unknown;
-      x.remedy = "the rules drop this connection (" +
-                 (ev.deciding ? "rule " + x.rule : ev.note) + ")";
+      x.remedy =
+          "the rules drop this connection (" + (ev.deciding ? "rule " + x.rule : ev.note) + ")";
       return x;
     case Verdict::Accept:
     case Verdict::Unknown:

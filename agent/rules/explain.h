@@ -19,17 +19,17 @@ struct Policy {
   // An Istio outbound chain (ISTIO_OUTPUT / istio-output), reached from nat
   // OUTPUT, sends traffic to the outbound redirect. False: "no capture rules".
   bool capture = false;
-  bool capture_ipv4 = false;  // ...for IPv4 traffic
-  bool capture_ipv6 = false;  // ...for IPv6 traffic
-  std::string outbound_chain;  // "ISTIO_OUTPUT", "istio-output"; empty if none
-  std::string redirect_chain;  // "ISTIO_REDIRECT", "istio-redirect"; empty if none
+  bool capture_ipv4 = false;              // ...for IPv4 traffic
+  bool capture_ipv6 = false;              // ...for IPv6 traffic
+  std::string outbound_chain;             // "ISTIO_OUTPUT", "istio-output"; empty if none
+  std::string redirect_chain;             // "ISTIO_REDIRECT", "istio-redirect"; empty if none
   std::optional<uint16_t> redirect_port;  // target of the redirect chain (15001)
 
   // The proxy's own UID/GID as the rules name them (the owner that may
   // redirect to the inbound port over loopback), not a constant.
   std::optional<uint32_t> proxy_uid;
   std::optional<uint32_t> proxy_gid;
-  std::vector<OwnerId> exempt_uids;    // RETURN for these owners
+  std::vector<OwnerId> exempt_uids;  // RETURN for these owners
   std::vector<OwnerId> exempt_gids;
   std::vector<OwnerId> included_uids;  // RETURN for everyone else (OwnerGroupsInclude)
   std::vector<OwnerId> included_gids;
@@ -44,7 +44,9 @@ struct Policy {
   std::vector<std::string> not_understood;  // outbound rules the model does not understand
   std::string why_no_capture;               // when !capture
 
-  bool captures(Family family) const { return family == Family::Ipv4 ? capture_ipv4 : capture_ipv6; }
+  bool captures(Family family) const {
+    return family == Family::Ipv4 ? capture_ipv4 : capture_ipv6;
+  }
 
   // Multi-line, for people: "backend: iptables\ncapture: ...".
   std::string str() const;

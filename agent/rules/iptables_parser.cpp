@@ -52,10 +52,33 @@ bool isOneOf(std::string_view s, std::initializer_list<std::string_view> options
 // Options of iptables itself (not of a match module): they end the options
 // of a module or of a target.
 bool isBaseOption(std::string_view tok) {
-  return isOneOf(tok, {"-p", "--protocol", "-s", "--source", "--src", "-d", "--destination",
-                       "--dst", "-i", "--in-interface", "-o", "--out-interface", "-m", "--match",
-                       "-j", "--jump", "-g", "--goto", "-c", "--set-counters", "-f",
-                       "--fragment", "-4", "--ipv4", "-6", "--ipv6", "!"});
+  return isOneOf(tok, {"-p",
+                       "--protocol",
+                       "-s",
+                       "--source",
+                       "--src",
+                       "-d",
+                       "--destination",
+                       "--dst",
+                       "-i",
+                       "--in-interface",
+                       "-o",
+                       "--out-interface",
+                       "-m",
+                       "--match",
+                       "-j",
+                       "--jump",
+                       "-g",
+                       "--goto",
+                       "-c",
+                       "--set-counters",
+                       "-f",
+                       "--fragment",
+                       "-4",
+                       "--ipv4",
+                       "-6",
+                       "--ipv6",
+                       "!"});
 }
 
 std::string joinTokens(const std::vector<std::string>& tokens, size_t from, size_t to) {
@@ -182,8 +205,8 @@ class IptablesParser {
       pos = end + 1;
     }
     if (current_ >= 0) {
-      return ParseResult::failure(number, "table '" + set_.tables[current_].name +
-                                              "' (line " + std::to_string(section_line_) +
+      return ParseResult::failure(number, "table '" + set_.tables[current_].name + "' (line " +
+                                              std::to_string(section_line_) +
                                               ") has no COMMIT: input truncated?");
     }
     ParseResult result;
@@ -281,8 +304,7 @@ class IptablesParser {
   }
 
   // Splits a line into words; double quotes group, backslash escapes.
-  static std::optional<std::string> tokenize(std::string_view line,
-                                             std::vector<std::string>& out) {
+  static std::optional<std::string> tokenize(std::string_view line, std::vector<std::string>& out) {
     size_t i = 0;
     while (i < line.size()) {
       while (i < line.size() && std::isspace(static_cast<unsigned char>(line[i]))) ++i;
@@ -348,8 +370,8 @@ class IptablesParser {
       if (tokens.size() > 2) {
         if (auto index = parseU32(tokens[2])) {
           if (*index == 0 || *index > chain->rules.size() + 1) {
-            return "insert position " + tokens[2] + " is out of range for chain '" +
-                   chain->name + "' (" + std::to_string(chain->rules.size()) + " rules)";
+            return "insert position " + tokens[2] + " is out of range for chain '" + chain->name +
+                   "' (" + std::to_string(chain->rules.size()) + " rules)";
           }
           position = *index - 1;
           first_option = 3;
@@ -382,9 +404,9 @@ class IptablesParser {
                                           Rule& rule) {
     const size_t n = tokens.size();
     bool negate = false;
-    std::string protocol;       // from -p, when not negated
-    std::string module;         // current -m
-    int unknown_module = -1;    // index in rule.matches of the current unknown module
+    std::string protocol;     // from -p, when not negated
+    std::string module;       // current -m
+    int unknown_module = -1;  // index in rule.matches of the current unknown module
 
     auto fragment = [&](size_t from, size_t to) {
       return negate ? "! " + joinTokens(tokens, from, to) : joinTokens(tokens, from, to);
@@ -456,7 +478,7 @@ class IptablesParser {
         if (!has_value) return "option " + tok + " needs a value";
         Match m;
         m.kind = isOneOf(tok, {"-i", "--in-interface"}) ? MatchKind::InInterface
-                                                         : MatchKind::OutInterface;
+                                                        : MatchKind::OutInterface;
         m.negated = negate;
         m.names = {value};
         m.text = fragment(i, i + 2);

@@ -107,15 +107,15 @@ struct Match {
 };
 
 enum class ActionKind {
-  Jump,         // chain
-  Goto,         // chain
+  Jump,  // chain
+  Goto,  // chain
   Return,
   Accept,
   Drop,
   Reject,
-  Redirect,     // ports (nullopt: keep the destination port)
-  Dnat,         // address and/or ports
-  Snat,         // address and/or ports
+  Redirect,  // ports (nullopt: keep the destination port)
+  Dnat,      // address and/or ports
+  Snat,      // address and/or ports
   Masquerade,
   Tproxy,       // ports
   SetMark,      // mark = ((mark & ~mask) | value), or ^ value when xor
@@ -168,10 +168,10 @@ enum class ChainPolicy { None, Accept, Drop };  // None: a regular (non-base) ch
 
 struct Chain {
   std::string name;
-  bool base = false;     // attached to a hook
-  std::string type;      // base chains: "nat", "filter", "route" (iptables: the table name)
-  std::string hook;      // base chains: "output", "prerouting", ...
-  int priority = 0;      // base chains
+  bool base = false;  // attached to a hook
+  std::string type;   // base chains: "nat", "filter", "route" (iptables: the table name)
+  std::string hook;   // base chains: "output", "prerouting", ...
+  int priority = 0;   // base chains
   ChainPolicy policy = ChainPolicy::None;
   std::vector<Rule> rules;
 };

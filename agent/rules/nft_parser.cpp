@@ -117,8 +117,8 @@ std::string renderExpr(const json& e, int depth) {
   if (depth > kMaxJsonDepth) return "...";
   if (const json* meta = member(e, "meta")) {
     const std::string key = stringOf(member(*meta, "key")).value_or("?");
-    static const char* const kBare[] = {"iifname", "oifname", "iif", "oif", "mark", "skuid",
-                                        "skgid", "iiftype", "oiftype", "cgroup"};
+    static const char* const kBare[] = {"iifname", "oifname", "iif",     "oif",     "mark",
+                                        "skuid",   "skgid",   "iiftype", "oiftype", "cgroup"};
     for (const char* bare : kBare) {
       if (key == bare) return key;
     }
@@ -128,12 +128,15 @@ std::string renderExpr(const json& e, int depth) {
     auto proto = stringOf(member(*payload, "protocol"));
     auto field = stringOf(member(*payload, "field"));
     if (proto && field) return *proto + " " + *field;
-    return "@" + renderValue(member(*payload, "base") ? *member(*payload, "base") : json(), false,
-                             false, depth + 1) +
-           "," + renderValue(member(*payload, "offset") ? *member(*payload, "offset") : json(),
-                             false, false, depth + 1) +
-           "," + renderValue(member(*payload, "len") ? *member(*payload, "len") : json(), false,
-                             false, depth + 1);
+    return "@" +
+           renderValue(member(*payload, "base") ? *member(*payload, "base") : json(), false, false,
+                       depth + 1) +
+           "," +
+           renderValue(member(*payload, "offset") ? *member(*payload, "offset") : json(), false,
+                       false, depth + 1) +
+           "," +
+           renderValue(member(*payload, "len") ? *member(*payload, "len") : json(), false, false,
+                       depth + 1);
   }
   if (const json* ct = member(e, "ct")) {
     return "ct " + stringOf(member(*ct, "key")).value_or("?");
@@ -212,8 +215,8 @@ std::string renderMatch(const json& m) {
   const json* band = member(*left, "&");
   // "==" is implicit except after a binary operation ("mark & 0xfff == 0x111").
   if ((op != "==" && op != "in") || (band && op == "==")) out += " " + op;
-  const bool mark = isMarkExpr(*left) || (band && band->is_array() && !band->empty() &&
-                                          isMarkExpr((*band)[0]));
+  const bool mark =
+      isMarkExpr(*left) || (band && band->is_array() && !band->empty() && isMarkExpr((*band)[0]));
   out += " " + renderValue(*right, isInterfaceExpr(*left), mark, 0);
   return out;
 }
@@ -437,8 +440,7 @@ Match convertMatch(const json& m) {
         if (relational_op) r = relational(op, r->first, 65535);
         if (!r || r->first < 0 || r->second > 65535) return out;
         if (r->first <= r->second) {
-          out.ports.push_back(
-              {static_cast<uint16_t>(r->first), static_cast<uint16_t>(r->second)});
+          out.ports.push_back({static_cast<uint16_t>(r->first), static_cast<uint16_t>(r->second)});
         }
         break;
       }
@@ -454,8 +456,8 @@ Match convertMatch(const json& m) {
         if (relational_op) r = relational(op, r->first, 0xffffffffLL);
         if (!r || r->first < 0 || r->second > 0xffffffffLL) return out;
         if (r->first <= r->second) {
-          out.ids.push_back(OwnerId{static_cast<uint32_t>(r->first),
-                                    static_cast<uint32_t>(r->second), ""});
+          out.ids.push_back(
+              OwnerId{static_cast<uint32_t>(r->first), static_cast<uint32_t>(r->second), ""});
         }
         break;
       }
@@ -604,7 +606,7 @@ std::optional<int> priorityOf(const json* prio) {
     }
     return static_cast<int>(*n);
   }
-  static const std::map<std::string, int> kNamed = {{"raw", -300},   {"mangle", -150},
+  static const std::map<std::string, int> kNamed = {{"raw", -300},    {"mangle", -150},
                                                     {"dstnat", -100}, {"filter", 0},
                                                     {"security", 50}, {"srcnat", 100}};
   if (auto s = stringOf(prio)) {
@@ -622,8 +624,8 @@ class NftParser {
                                          std::to_string(kMaxInputBytes) + " bytes");
     }
     if (nestingDepth(text) > kMaxJsonDepth) {
-      return ParseResult::failure(0, "JSON nested deeper than " + std::to_string(kMaxJsonDepth) +
-                                         " levels");
+      return ParseResult::failure(
+          0, "JSON nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     }
     json doc;
     try {
@@ -631,7 +633,8 @@ class NftParser {
     } catch (const json::parse_error& e) {
       std::string what = e.what();
       if (auto close = what.find("] "); close != std::string::npos) what = what.substr(close + 2);
-      return ParseResult::failure(lineAt(text, e.byte > 0 ? e.byte - 1 : 0), "invalid JSON: " + what);
+      return ParseResult::failure(lineAt(text, e.byte > 0 ? e.byte - 1 : 0),
+                                  "invalid JSON: " + what);
     } catch (const std::exception& e) {
       return ParseResult::failure(0, std::string("invalid JSON: ") + e.what());
     }
@@ -721,8 +724,9 @@ class NftParser {
         auto prio = priorityOf(member(*v, "prio"));
         if (!prio) return "base chain " + *name + " has a priority this parser does not know";
         c.priority = *prio;
-        c.policy = stringOf(member(*v, "policy")).value_or("accept") == "drop" ? ChainPolicy::Drop
-                                                                               : ChainPolicy::Accept;
+        c.policy = stringOf(member(*v, "policy")).value_or("accept") == "drop"
+                       ? ChainPolicy::Drop
+                       : ChainPolicy::Accept;
       }
       table->chains.push_back(std::move(c));
       return std::nullopt;
@@ -767,8 +771,8 @@ class NftParser {
         convertStatement(stmt_key, *stmt_value, rule);
         if (rule.actions.size() > actions_before) {
           const ActionKind kind = rule.actions.back().kind;
-          changed_packet = changed_packet || kind == ActionKind::SetMark ||
-                           kind == ActionKind::Unsupported;
+          changed_packet =
+              changed_packet || kind == ActionKind::SetMark || kind == ActionKind::Unsupported;
         }
         text += (text.empty() ? "" : " ") + renderStatement(stmt_key, *stmt_value);
       }

@@ -50,7 +50,8 @@ std::optional<uint16_t> parseU16(std::string_view s) {
 }
 
 std::optional<uint32_t> parseU32Auto(std::string_view s) {
-  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) return parseBase(s.substr(2), 16);
+  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+    return parseBase(s.substr(2), 16);
   return parseBase(s, 10);
 }
 

@@ -1,0 +1,275 @@
+#include "pod_rules.h"
+
+#include <fcntl.h>
+#include <nftables/libnftables.h>
+#include <sched.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <thread>
+
+#include "lab/system.h"
+#include "rules/iptables_parser.h"
+#include "rules/nft_parser.h"
+
+namespace cw {
+namespace {
+
+constexpr const char* kNativeTable = "istio-proxy-nat";
+
+// libnftables' JSON of the whole ruleset of a netns. setns() changes only
+// the calling thread, so the read runs on a short-lived thread.
+std::string readNftJson(const std::string& netns_path, std::string& error) {
+  std::string out;
+  std::thread worker([&] {
+    lab::UniqueFd fd(::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) {
+      error = "cannot open " + netns_path + ": " + std::strerror(errno);
+      return;
+    }
+    if (::setns(fd.get(), CLONE_NEWNET) != 0) {
+      error = "cannot enter " + netns_path + ": " + std::strerror(errno);
+      return;
+    }
+    nft_ctx* ctx = nft_ctx_new(NFT_CTX_DEFAULT);
+    if (ctx == nullptr) {
+      error = "libnftables: cannot create a context";
+      return;
+    }
+    nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON);
+    nft_ctx_buffer_output(ctx);
+    nft_ctx_buffer_error(ctx);
+    if (nft_run_cmd_from_buffer(ctx, "list ruleset") == 0) {
+      const char* buf = nft_ctx_get_output_buffer(ctx);
+      if (buf != nullptr) out = buf;
+    } else {
+      const char* err = nft_ctx_get_error_buffer(ctx);
+      error = std::string("nft list ruleset: ") + (err != nullptr ? err : "failed");
+    }
+    nft_ctx_free(ctx);
+  });
+  worker.join();
+  return out;
+}
+
+// `<tool>` (an iptables save command) inside the netns, through nsenter.
+// A missing tool is not an error: that backend is simply absent.
+std::string readSave(const std::string& netns_path, const char* tool, std::string& error) {
+  if (lab::findExecutable(tool).empty()) return "";
+  auto r = lab::runCommand({"nsenter", "--net=" + netns_path, tool}, "", std::chrono::seconds(10));
+  if (r.exit_status != 0 || r.timed_out) {
+    if (!error.empty()) error += "; ";
+    error += std::string(tool) + " failed: " + (r.timed_out ? "timed out" : r.err);
+    return "";
+  }
+  return r.out;
+}
+
+bool hasIstioChains(const std::string& save_text) {
+  return save_text.find(":ISTIO_") != std::string::npos ||
+         save_text.find("-N ISTIO_") != std::string::npos;
+}
+
+// The rules' own words, without counters (which change with traffic).
+std::string fingerprintOf(const rules::RuleSet& rs) {
+  std::string fp;
+  for (const auto& table : rs.tables) {
+    for (const auto& chain : table.chains) {
+      fp += table.name + ' ' + chain.name + '\n';
+      for (const auto& rule : chain.rules) fp += rule.text + '\n';
+    }
+  }
+  return fp;
+}
+
+std::string reasonLabel(rules::Reason reason) {
+  switch (reason) {
+    case rules::Reason::None:
+    case rules::Reason::Local:
+    case rules::Reason::Unknown:
+      return "unknown";
+    default:
+      return std::string(rules::reasonName(reason));
+  }
+}
+
+}  // namespace
+
+std::string resolveRoute(const std::string& netns_path, const Address& dst) {
+  auto r = lab::runCommand({"nsenter", "--net=" + netns_path, "ip", "-o", "route", "get", dst.str()},
+                           "", std::chrono::seconds(5));
+  if (r.exit_status != 0) return "";
+  // "198.18.0.1 dev eth0 src 198.18.0.2 uid 0 \    cache"
+  auto dev = r.out.find(" dev ");
+  if (dev == std::string::npos) return "";
+  auto start = dev + 5;
+  auto end = r.out.find_first_of(" \n", start);
+  return r.out.substr(start, end == std::string::npos ? std::string::npos : end - start);
+}
+
+RulesText readRulesText(const std::string& netns_path) {
+  RulesText t;
+  t.nft_json = readNftJson(netns_path, t.error);
+  if (t.nft_json.find(kNativeTable) != std::string::npos) return t;  // native backend
+  t.iptables_nft_v4 = readSave(netns_path, "iptables-nft-save", t.error);
+  t.iptables_nft_v6 = readSave(netns_path, "ip6tables-nft-save", t.error);
+  if (hasIstioChains(t.iptables_nft_v4) || hasIstioChains(t.iptables_nft_v6)) return t;
+  t.iptables_legacy_v4 = readSave(netns_path, "iptables-legacy-save", t.error);
+  t.iptables_legacy_v6 = readSave(netns_path, "ip6tables-legacy-save", t.error);
+  return t;
+}
+
+PodRules parsePodRules(const RulesText& text) {
+  PodRules pr;
+  auto parseIpt = [&](const std::string& v4, const std::string& v6, const char* backend) {
+    pr.backend = backend;
+    for (auto [src, family, slot] :
+         {std::tuple{&v4, rules::Family::Ipv4, &pr.v4}, std::tuple{&v6, rules::Family::Ipv6, &pr.v6}}) {
+      if (!hasIstioChains(*src)) continue;  // this family has no capture rules
+      auto parsed = rules::parseIptables(*src, family);
+      if (parsed.ok()) {
+        *slot = std::move(*parsed.rules);
+        pr.fingerprint += fingerprintOf(**slot);
+      } else {
+        pr.error += std::string(backend) + (family == rules::Family::Ipv4 ? " (IPv4): " : " (IPv6): ") +
+                    parsed.error.str() + "; ";
+      }
+    }
+  };
+
+  if (text.nft_json.find(kNativeTable) != std::string::npos) {
+    pr.backend = "nftables";
+    auto parsed = rules::parseNftJson(text.nft_json);
+    if (parsed.ok()) {
+      pr.fingerprint = fingerprintOf(*parsed.rules);
+      pr.v4 = *parsed.rules;
+      pr.v6 = std::move(*parsed.rules);
+    } else {
+      pr.error = "nftables: " + parsed.error.str();
+    }
+  } else if (hasIstioChains(text.iptables_nft_v4) || hasIstioChains(text.iptables_nft_v6)) {
+    parseIpt(text.iptables_nft_v4, text.iptables_nft_v6, "iptables-nft");
+  } else if (hasIstioChains(text.iptables_legacy_v4) || hasIstioChains(text.iptables_legacy_v6)) {
+    parseIpt(text.iptables_legacy_v4, text.iptables_legacy_v6, "iptables-legacy");
+  } else if (!text.error.empty() && text.nft_json.empty()) {
+    pr.error = text.error;  // nothing could be read at all
+  }
+  return pr;
+}
+
+CaptureExplainer::CaptureExplainer(RulesReader reader, RouteResolver routes, uint16_t redirect_port,
+                                   uint64_t min_interval_ns)
+    : reader_(std::move(reader)),
+      routes_(std::move(routes)),
+      redirect_port_(redirect_port),
+      min_interval_ns_(min_interval_ns) {}
+
+rules::Connection CaptureExplainer::ruleConnection(Target& t, const Connection& conn) {
+  rules::Connection rc;
+  rc.protocol = rules::Protocol::Tcp;
+  rc.uid = conn.uid;
+  rc.gid = conn.gid;
+  rc.src = conn.src;
+  rc.dst = conn.dst;
+  if (conn.dst.addr.isLoopback() || conn.dst.addr == conn.src.addr) {
+    rc.out_interface = "lo";
+    return rc;
+  }
+  auto it = t.routes.find(conn.dst.addr.bytes);
+  if (it == t.routes.end()) {
+    if (t.routes.size() >= 1024) t.routes.clear();
+    it = t.routes.emplace(conn.dst.addr.bytes, routes_ ? routes_(t.netns_path, conn.dst.addr) : "").first;
+  }
+  rc.out_interface = it->second;  // "" (unknown) makes interface matches unknown
+  return rc;
+}
+
+void CaptureExplainer::addTarget(uint32_t netns, const std::string& netns_path, uint64_t now_ns) {
+  Target& t = targets_[netns];
+  t.netns_path = netns_path;
+  t.history.clear();
+  t.routes.clear();
+  read(netns, t, now_ns);
+}
+
+void CaptureExplainer::removeTarget(uint32_t netns) { targets_.erase(netns); }
+
+bool CaptureExplainer::read(uint32_t netns, Target& t, uint64_t now_ns) {
+  auto rules = std::make_shared<PodRules>(parsePodRules(reader_(t.netns_path)));
+  t.last_read_ns = now_ns;
+  const bool changed = t.history.empty() ||
+                       t.history.back().rules->fingerprint != rules->fingerprint ||
+                       t.history.back().rules->backend != rules->backend ||
+                       t.history.back().rules->error != rules->error;
+  if (on_read) on_read(netns, *rules, changed);
+  if (changed) {
+    t.history.push_back(Snapshot{now_ns, std::move(rules)});
+    if (t.history.size() > kHistory) t.history.erase(t.history.begin());
+  }
+  return t.history.back().rules->error.empty();
+}
+
+std::pair<int, int> CaptureExplainer::refresh(uint64_t now_ns, uint64_t max_age_ns) {
+  int ok = 0, failed = 0;
+  for (auto& [netns, t] : targets_) {
+    if (now_ns - t.last_read_ns < max_age_ns) continue;
+    (read(netns, t, now_ns) ? ok : failed)++;
+  }
+  return {ok, failed};
+}
+
+Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
+  auto it = targets_.find(conn.netns);
+  if (it == targets_.end()) return Why{"unknown", "", "the pod's rules were never read"};
+  Target& t = it->second;
+  // A gap may follow a rule change: look again, at a bounded rate.
+  if (now_ns - t.last_read_ns >= min_interval_ns_) read(conn.netns, t, now_ns);
+
+  const PodRules& now = *t.history.back().rules;
+  if (!now.error.empty()) {
+    return Why{"unknown", "", "the pod's rules could not be read: " + now.error};
+  }
+  const bool ipv6 = !conn.dst.addr.isV4();
+  const rules::RuleSet* rs = now.forFamily(ipv6);
+  if (!now.hasIstioChains() || rs == nullptr) {
+    std::string where = now.hasIstioChains() ? std::string(ipv6 ? "IPv6" : "IPv4") + " " : "";
+    return Why{"no-capture-rules", "",
+               "no Istio " + where +
+                   "capture rules in the pod's network namespace: the sidecar was injected "
+                   "without istio-init or the Istio CNI plugin (or interceptionMode is NONE, or "
+                   "the CNI plugin had not run yet when the pod started); restart the pod once "
+                   "the CNI plugin or init container is in place"};
+  }
+
+  const rules::Connection rc = ruleConnection(t, conn);
+  rules::Explanation e = rules::explain(*rs, rc, redirect_port_);
+  if (!e.captured) return Why{reasonLabel(e.reason), e.rule, e.remedy};
+
+  // The rules capture this connection now. If an earlier read had rules
+  // that did not, and the connection was opened before the first read that
+  // did, it predates the rules.
+  uint64_t capture_since = 0;
+  bool earlier_without = false;
+  for (auto s = t.history.rbegin(); s != t.history.rend(); ++s) {
+    const rules::RuleSet* old = s->rules->forFamily(ipv6);
+    bool captures = s->rules->error.empty() && old != nullptr &&
+                    rules::explain(*old, rc, redirect_port_).captured;
+    if (!captures) {
+      earlier_without = true;
+      break;
+    }
+    capture_since = s->read_ns;
+  }
+  if (earlier_without && conn.established_ns < capture_since) {
+    return Why{"predates-rules", e.rule,
+               "the connection was opened before the pod's capture rules were installed (late "
+               "istio-init or CNI, or rules reloaded); the rules capture it now: make the app "
+               "reconnect or restart the pod, and make the app wait for the sidecar "
+               "(holdApplicationUntilProxyStarts)"};
+  }
+  return Why{"unknown", e.rule,
+             "the pod's rules redirect this connection to the sidecar, yet it went direct: "
+             "check for other netfilter rules or backends in the pod (capturewatch explain)"};
+}
+
+}  // namespace cw

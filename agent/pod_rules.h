@@ -1,0 +1,100 @@
+// Reads a pod's live capture rules from inside its network namespace, from
+// whichever backend holds them, and explains bypassed connections with the
+// rules that were in force when they were opened.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "reporter.h"
+#include "rules/explain.h"
+#include "rules/model.h"
+#include "verdict.h"
+
+namespace cw {
+
+// One read of a pod's nat rules.
+struct PodRules {
+  // "nftables" (Istio's native tables), "iptables-nft", "iptables-legacy",
+  // or "none" (no Istio chains in any backend).
+  std::string backend = "none";
+  std::optional<rules::RuleSet> v4;  // the IPv4 view (iptables: the v4 table)
+  std::optional<rules::RuleSet> v6;  // the IPv6 view (nftables: the same inet rules)
+  std::string fingerprint;           // the raw text read, to tell changes apart
+  std::string error;                 // why the read failed ("" when it worked)
+
+  const rules::RuleSet* forFamily(bool ipv6) const { return ipv6 ? (v6 ? &*v6 : nullptr) : (v4 ? &*v4 : nullptr); }
+  bool hasIstioChains() const { return backend != "none"; }
+};
+
+// The raw text of each backend in one netns (I/O, behind an interface so the
+// explainer is tested with fixtures).
+struct RulesText {
+  std::string nft_json;       // libnftables JSON of the whole ruleset
+  std::string iptables_nft_v4, iptables_nft_v6;
+  std::string iptables_legacy_v4, iptables_legacy_v6;
+  std::string error;          // a backend that could not be read
+};
+using RulesReader = std::function<RulesText(const std::string& netns_path)>;
+// The interface a packet to dst leaves the netns by ("" if unknown).
+using RouteResolver = std::function<std::string(const std::string& netns_path, const Address& dst)>;
+
+// Reads from the live netns: libnftables (in a thread that joins the netns)
+// and iptables-nft-save / iptables-legacy-save -t nat through nsenter.
+RulesText readRulesText(const std::string& netns_path);
+// `ip route get DST` inside the netns (through nsenter).
+std::string resolveRoute(const std::string& netns_path, const Address& dst);
+
+// Picks the backend that holds Istio's chains and parses it. Pure.
+PodRules parsePodRules(const RulesText& text);
+
+// Per-target history of rule reads and the explanation of bypassed
+// connections. Reads are rate-limited: at most one per min_interval_ns per
+// target, plus a periodic refresh driven by the agent.
+class CaptureExplainer {
+ public:
+  CaptureExplainer(RulesReader reader, RouteResolver routes, uint16_t redirect_port,
+                   uint64_t min_interval_ns);
+
+  void addTarget(uint32_t netns, const std::string& netns_path, uint64_t now_ns);
+  void removeTarget(uint32_t netns);
+
+  // Re-reads every target whose last read is older than max_age_ns. Returns
+  // (ok, failed) counts of reads done.
+  std::pair<int, int> refresh(uint64_t now_ns, uint64_t max_age_ns);
+
+  Why explain(const Connection& conn, uint64_t now_ns);
+
+  // Called after each read with its result (for metrics and logs).
+  std::function<void(uint32_t netns, const PodRules&, bool changed)> on_read;
+
+  static constexpr size_t kHistory = 8;
+
+ private:
+  struct Snapshot {
+    uint64_t read_ns;
+    std::shared_ptr<const PodRules> rules;
+  };
+  struct Target {
+    std::string netns_path;
+    std::vector<Snapshot> history;  // one entry per change, oldest first
+    uint64_t last_read_ns = 0;
+    std::map<std::array<uint8_t, 16>, std::string> routes;  // dst -> output interface (bounded)
+  };
+
+  bool read(uint32_t netns, Target& t, uint64_t now_ns);
+  rules::Connection ruleConnection(Target& t, const Connection& conn);
+
+  RulesReader reader_;
+  RouteResolver routes_;
+  uint16_t redirect_port_;
+  uint64_t min_interval_ns_;
+  std::map<uint32_t, Target> targets_;
+};
+
+}  // namespace cw
