@@ -72,6 +72,8 @@ void printReport(const Reporter& reporter, const std::vector<std::pair<std::stri
         << "  outcomes:";
     for (const auto& [outcome, n] : g.outcomes) out << " " << outcome << "=" << n;
     out << "\n";
+    if (!g.why.rule.empty()) out << "    deciding rule: " << g.why.rule << "\n";
+    if (!g.why.remedy.empty()) out << "    fix: " << g.why.remedy << "\n";
   }
   std::cout << out.str() << std::flush;
 }

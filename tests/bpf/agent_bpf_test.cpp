@@ -115,15 +115,16 @@ TEST_F(AgentTest, ReportsEveryVerdictExactlyOverIPv4AndIPv6) {
                 .size(),
             1u * kN);
 
-  // bypassed: the UID-1337 app, straight to the upstream, reason unknown
-  // until the explainer runs, first one at warn.
+  // bypassed: the UID-1337 app, straight to the upstream, explained by the
+  // pod's own rule, first one at warn.
   auto bypassed = select(lines, verdictIs("bypassed"));
   ASSERT_EQ(bypassed.size(), 1u * kN);
   std::set<uint16_t> gap_ports(gap.local_ports.begin(), gap.local_ports.end());
   for (const auto& j : bypassed) {
     EXPECT_EQ(j["uid"], 1337);
     EXPECT_EQ(j["dst"], pod_->upstreamV4().str());
-    EXPECT_EQ(j["reason"], "unknown");
+    EXPECT_EQ(j["reason"], "owner-uid");
+    EXPECT_EQ(j["rule"], "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN");
     EXPECT_TRUE(j.contains("pid"));
     const std::string src = j["src"];
     EXPECT_EQ(src.substr(0, src.rfind(':')), pod_->podAddressV4().str());
@@ -152,7 +153,7 @@ TEST_F(AgentTest, ReportsEveryVerdictExactlyOverIPv4AndIPv6) {
   ASSERT_EQ(status, 200);
   const std::string name = "capturewatch_connections_total";
   EXPECT_EQ(testutil::metricSum(metrics, name, {"verdict=\"captured\""}), 2 * kN);
-  EXPECT_EQ(testutil::metricSum(metrics, name, {"verdict=\"bypassed\"", "reason=\"unknown\""}), kN);
+  EXPECT_EQ(testutil::metricSum(metrics, name, {"verdict=\"bypassed\"", "reason=\"owner-uid\""}), kN);
   EXPECT_EQ(testutil::metricSum(metrics, name, {"verdict=\"proxy\""}), 2 * kN);
   EXPECT_EQ(testutil::metricSum(metrics, name, {"verdict=\"local\""}), 2 * kN);
   EXPECT_EQ(testutil::metricSum(metrics, "capturewatch_bypass_rejected_total"), kN);
@@ -173,7 +174,8 @@ TEST_F(AgentTest, ReportsEveryVerdictExactlyOverIPv4AndIPv6) {
   ASSERT_EQ(status, 200);
   ASSERT_EQ(gaps["gaps"].size(), 1u) << gaps.dump();
   EXPECT_EQ(gaps["gaps"][0]["dst"], pod_->upstreamV4().str());
-  EXPECT_EQ(gaps["gaps"][0]["reason"], "unknown");
+  EXPECT_EQ(gaps["gaps"][0]["reason"], "owner-uid");
+  EXPECT_FALSE(gaps["gaps"][0]["remedy"].get<std::string>().empty());
   EXPECT_EQ(gaps["gaps"][0]["count"], kN);
   EXPECT_EQ(gaps["gaps"][0]["outcomes"]["reset"], kN);
   EXPECT_EQ(gaps["gaps"][0]["pod"], targetNameFromPath(pod_->podNetnsPath()));
