@@ -119,8 +119,11 @@ int explainCommand(const ExplainOptions& o) {
         rc.uid = o.uid;
         rc.gid = o.gid;
         rc.dst = *o.dst;
-        rc.out_interface =
-            o.dst->addr.isLoopback() ? std::string("lo") : resolveRoute(path, o.dst->addr);
+        // The kernel's own choice of interface and source address.
+        Route route = resolveRoute(path, o.dst->addr);
+        rc.out_interface = o.dst->addr.isLoopback() ? std::string("lo") : route.iface;
+        if (route.src) rc.src.addr = *route.src;
+        conn.src.addr = rc.src.addr;
         e = rules::explain(*rs, rc, o.redirect_port);
         captured = e.captured;
         if (!captured) why = explainer.explain(conn, 2);

@@ -95,16 +95,22 @@ std::string reasonLabel(rules::Reason reason) {
 
 }  // namespace
 
-std::string resolveRoute(const std::string& netns_path, const Address& dst) {
+Route resolveRoute(const std::string& netns_path, const Address& dst) {
   auto r = lab::runCommand({"nsenter", "--net=" + netns_path, "ip", "-o", "route", "get", dst.str()},
                            "", std::chrono::seconds(5));
-  if (r.exit_status != 0) return "";
+  Route route;
+  if (r.exit_status != 0) return route;
   // "198.18.0.1 dev eth0 src 198.18.0.2 uid 0 \    cache"
-  auto dev = r.out.find(" dev ");
-  if (dev == std::string::npos) return "";
-  auto start = dev + 5;
-  auto end = r.out.find_first_of(" \n", start);
-  return r.out.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  auto word_after = [&](const std::string& key) -> std::string {
+    auto at = r.out.find(" " + key + " ");
+    if (at == std::string::npos) return "";
+    auto start = at + key.size() + 2;
+    auto end = r.out.find_first_of(" \n", start);
+    return r.out.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  };
+  route.iface = word_after("dev");
+  route.src = Address::parse(word_after("src"));
+  return route;
 }
 
 RulesText readRulesText(const std::string& netns_path) {
@@ -178,7 +184,8 @@ rules::Connection CaptureExplainer::ruleConnection(Target& t, const Connection& 
   auto it = t.routes.find(conn.dst.addr.bytes);
   if (it == t.routes.end()) {
     if (t.routes.size() >= 1024) t.routes.clear();
-    it = t.routes.emplace(conn.dst.addr.bytes, routes_ ? routes_(t.netns_path, conn.dst.addr) : "").first;
+    it = t.routes.emplace(conn.dst.addr.bytes, routes_ ? routes_(t.netns_path, conn.dst.addr).iface : "")
+             .first;
   }
   rc.out_interface = it->second;  // "" (unknown) makes interface matches unknown
   return rc;

@@ -41,14 +41,19 @@ struct RulesText {
   std::string error;          // a backend that could not be read
 };
 using RulesReader = std::function<RulesText(const std::string& netns_path)>;
-// The interface a packet to dst leaves the netns by ("" if unknown).
-using RouteResolver = std::function<std::string(const std::string& netns_path, const Address& dst)>;
+// How a packet to dst leaves the netns: its output interface and the source
+// address routing picks (empty / unset when unknown).
+struct Route {
+  std::string iface;
+  std::optional<Address> src;
+};
+using RouteResolver = std::function<Route(const std::string& netns_path, const Address& dst)>;
 
 // Reads from the live netns: libnftables (in a thread that joins the netns)
 // and iptables-nft-save / iptables-legacy-save -t nat through nsenter.
 RulesText readRulesText(const std::string& netns_path);
 // `ip route get DST` inside the netns (through nsenter).
-std::string resolveRoute(const std::string& netns_path, const Address& dst);
+Route resolveRoute(const std::string& netns_path, const Address& dst);
 
 // Picks the backend that holds Istio's chains and parses it. Pure.
 PodRules parsePodRules(const RulesText& text);

@@ -66,6 +66,20 @@ size_t onHeader(char* data, size_t size, size_t count, void* user) {
   return size * count;
 }
 
+// Failures that retrying will not fix: configuration, not connectivity.
+bool isTlsTrustError(CURLcode code) {
+  switch (code) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+      return true;
+    default:
+      return false;
+  }
+}
+
 void setBlob(CURL* easy, CURLoption option, const std::string& data) {
   curl_blob blob{const_cast<char*>(data.data()), data.size(), CURL_BLOB_COPY};
   curl_easy_setopt(easy, option, &blob);
@@ -203,6 +217,7 @@ HttpResponse ApiClient::get(const std::string& path_and_query, const BodySink& s
   } else if (result != CURLE_OK && !transfer.stopped_by_sink) {
     response.error = curl_easy_strerror(result);
     if (error_text[0] != '\0') response.error += std::string(": ") + error_text;
+    response.tls_trust_error = isTlsTrustError(result);
   }
   return response;
 }

@@ -16,11 +16,12 @@
 namespace cw::k8s {
 
 struct HttpResponse {
-  long status = 0;          // HTTP status; 0 if no response arrived
-  std::string error;        // transport error (connect, TLS, dropped connection); empty if none
-  std::string error_body;   // body of a non-2xx response (first 64 KiB)
-  bool cancelled = false;   // cancel() was called
+  long status = 0;         // HTTP status; 0 if no response arrived
+  std::string error;       // transport error (connect, TLS, dropped connection); empty if none
+  std::string error_body;  // body of a non-2xx response (first 64 KiB)
+  bool cancelled = false;  // cancel() was called
   bool stopped_by_sink = false;  // the body callback returned false
+  bool tls_trust_error = false;  // the server's certificate is not trusted, or ours is unusable
 
   bool ok() const { return error.empty() && status >= 200 && status < 300; }
 };

@@ -168,8 +168,8 @@ class Parser {
   }
 
   [[noreturn]] void fail(const std::string& what) const {
-    throw SelectorError("label selector \"" + std::string(text_) + "\": " + what +
-                        " at position " + std::to_string(pos_));
+    throw SelectorError("label selector \"" + std::string(text_) + "\": " + what + " at position " +
+                        std::to_string(pos_));
   }
 
   std::string_view text_;

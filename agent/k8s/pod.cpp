@@ -69,7 +69,8 @@ const json& arrayField(const json& object, const char* key) {
 std::map<std::string, std::string> stringMap(const json& object, const char* key) {
   std::map<std::string, std::string> out;
   for (const auto& [k, v] : objectField(object, key).items()) {
-    if (!v.is_string()) throw ParseError(std::string("field ") + key + "." + k + " is not a string");
+    if (!v.is_string())
+      throw ParseError(std::string("field ") + key + "." + k + " is not a string");
     out.emplace(k, v.get<std::string>());
   }
   return out;
@@ -209,7 +210,8 @@ PodList parsePodList(std::string_view json_text) {
     const auto status = parseStatus(json_text);
     throw ParseError("a Status instead of a PodList: " + (status ? status->message : kind));
   }
-  if (!kind.empty() && kind != "PodList") throw ParseError("object of kind " + kind + ", not PodList");
+  if (!kind.empty() && kind != "PodList")
+    throw ParseError("object of kind " + kind + ", not PodList");
   PodList list;
   list.resource_version = stringField(objectField(doc, "metadata"), "resourceVersion");
   for (const json& item : arrayField(doc, "items")) list.items.push_back(podFromJson(item));

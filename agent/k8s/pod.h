@@ -26,7 +26,7 @@ struct Container {
   std::string container_id;  // runtime prefix ("containerd://", ...) removed; empty if not started
   std::string image;
   bool ready = false;
-  bool running = false;   // state.running is set
+  bool running = false;  // state.running is set
   int restart_count = 0;
   bool native_sidecar = false;  // an init container with restartPolicy Always (K8s >= 1.28)
 };

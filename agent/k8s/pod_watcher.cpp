@@ -23,18 +23,6 @@ std::string statusText(const HttpResponse& r) {
   return text;
 }
 
-// TLS failures that retrying will not fix: the server's certificate is not
-// trusted, or ours is refused.
-bool isTlsTrustProblem(const std::string& error) {
-  for (const char* needle : {"SSL peer certificate", "SSL certificate problem",
-                             "certificate verify failed", "Problem with the local SSL certificate",
-                             "unable to set private key", "could not load PEM client certificate",
-                             "error setting certificate"}) {
-    if (error.find(needle) != std::string::npos) return true;
-  }
-  return false;
-}
-
 }  // namespace
 
 const char* connectionStateName(ConnectionState state) {
@@ -66,9 +54,7 @@ void PodWatcher::start() {
 void PodWatcher::stop() {
   stopping_ = true;
   client_->cancel();
-  {
-    std::lock_guard<std::mutex> lock(sleep_mutex_);
-  }
+  { std::lock_guard<std::mutex> lock(sleep_mutex_); }
   sleep_cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
@@ -146,32 +132,25 @@ void PodWatcher::run() {
         return;
       case Outcome::Ok:
         continue;
-      case Outcome::Gone: {
-        std::lock_guard<std::mutex> lock(mutex_);
-        ++stats_.relists_gone;
-      }
+      case Outcome::Gone:
+        count(&PodWatcherStats::relists_gone);
         resource_version_.clear();
         after_gone = true;
         continue;
-      case Outcome::Quiet:
-        delay = backoff.next();
-        break;
       case Outcome::AuthError:
         delay = options_.auth_retry;
         break;
+      case Outcome::Quiet:
       case Outcome::Failed:
         delay = backoff.next();
         break;
     }
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++stats_.reconnects;
-    }
+    count(&PodWatcherStats::reconnects);
     if (!sleepFor(delay)) return;
   }
 }
 
-PodWatcher::Outcome PodWatcher::list(bool after_gone) {
+PodWatcher::Outcome PodWatcher::list(bool consistent) {
   std::string body;
   bool too_big = false;
   const auto sink = [&](std::string_view chunk) {
@@ -182,10 +161,10 @@ PodWatcher::Outcome PodWatcher::list(bool after_gone) {
     body.append(chunk);
     return true;
   };
-  const HttpResponse response = client_->get(listPath(after_gone), sink, options_.list_timeout);
+  const HttpResponse response = client_->get(listPath(consistent), sink, options_.list_timeout);
   if (too_big) {
-    setStatus(ConnectionState::Error, "list of pods larger than " +
-                                          std::to_string(options_.max_list_bytes) + " bytes");
+    setStatus(ConnectionState::Error,
+              "list of pods larger than " + std::to_string(options_.max_list_bytes) + " bytes");
     return Outcome::Failed;
   }
   const Outcome outcome = classify(response, "list pods");
@@ -195,10 +174,7 @@ PodWatcher::Outcome PodWatcher::list(bool after_gone) {
   try {
     list = parsePodList(body);
   } catch (const ParseError& e) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++stats_.parse_errors;
-    }
+    count(&PodWatcherStats::parse_errors);
     setStatus(ConnectionState::Error, std::string("list pods: unexpected answer: ") + e.what());
     return Outcome::Failed;
   }
@@ -219,9 +195,9 @@ PodWatcher::Outcome PodWatcher::list(bool after_gone) {
     for (const auto& [uid, pod] : pods_) {
       if (listed.count(uid) == 0) gone.push_back(uid);
     }
-    ++stats_.lists;
   }
   for (const std::string& uid : gone) applyRemove(uid);
+  count(&PodWatcherStats::lists);
 
   resource_version_ = list.resource_version;
   synced_once_ = true;
@@ -242,20 +218,14 @@ PodWatcher::Outcome PodWatcher::watch(std::chrono::seconds timeout, bool& progre
   const auto sink = [&](std::string_view chunk) { return lines.feed(chunk, on_line); };
   const auto on_status = [&](long status) {
     if (status != 200) return;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++stats_.watches;
-    }
+    count(&PodWatcherStats::watches);
     setStatus(ConnectionState::Connected, "");
   };
   // The server ends the watch after `timeout`; give it a margin before
   // giving up on it.
   const HttpResponse response = client_->get(watchPath(resource_version_, timeout), sink,
                                              timeout + std::chrono::seconds(30), on_status);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.oversize_events += lines.oversize();
-  }
+  count(&PodWatcherStats::oversize_events, lines.oversize());
   progressed = applied > 0;
   if (stopping_) return Outcome::Stopped;
   if (why_stopped == WatchStop::Gone) return Outcome::Gone;
@@ -271,8 +241,7 @@ PodWatcher::WatchStop PodWatcher::onEventLine(std::string_view line) {
   try {
     ev = parseWatchEvent(line);
   } catch (const ParseError&) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    ++stats_.parse_errors;
+    count(&PodWatcherStats::parse_errors);
     return WatchStop::None;  // skip the line; the next relist repairs what it carried
   }
   if (ev.type == WatchEvent::Type::Error) {
@@ -298,8 +267,7 @@ PodWatcher::WatchStop PodWatcher::onEventLine(std::string_view line) {
       break;
   }
   if (!ev.resource_version.empty()) resource_version_ = ev.resource_version;
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.events;
+  count(&PodWatcherStats::events);
   return WatchStop::None;
 }
 
@@ -308,12 +276,9 @@ PodWatcher::Outcome PodWatcher::classify(const HttpResponse& response, const cha
   if (response.cancelled || stopping_) return Outcome::Stopped;
   if (response.status == 410) return Outcome::Gone;
   if (response.status == 401 || response.status == 403) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++stats_.auth_errors;
-    }
+    count(&PodWatcherStats::auth_errors);
     const char* hint = response.status == 401
-                           ? " (the API server rejected the credentials of " 
+                           ? " (the API server rejected the credentials of "
                            : " (the credentials are not allowed to get/list/watch pods: check the "
                              "ClusterRole and its binding; credentials of ";
     setStatus(ConnectionState::Error,
@@ -321,8 +286,7 @@ PodWatcher::Outcome PodWatcher::classify(const HttpResponse& response, const cha
     return Outcome::AuthError;
   }
   if (!response.error.empty()) {
-    const bool trust = isTlsTrustProblem(response.error);
-    setStatus(trust ? ConnectionState::Error : ConnectionState::Disconnected,
+    setStatus(response.tls_trust_error ? ConnectionState::Error : ConnectionState::Disconnected,
               prefix + response.error);
     return Outcome::Failed;
   }
@@ -369,6 +333,11 @@ void PodWatcher::setStatus(ConnectionState state, std::string message) {
     now = status_;
   }
   if (callbacks_.state_changed) callbacks_.state_changed(now);
+}
+
+void PodWatcher::count(uint64_t PodWatcherStats::*counter, uint64_t n) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  stats_.*counter += n;
 }
 
 bool PodWatcher::sleepFor(std::chrono::milliseconds delay) {

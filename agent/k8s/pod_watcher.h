@@ -57,21 +57,21 @@ struct WatchStatus {
 };
 
 struct PodWatcherCallbacks {
-  std::function<void(const Pod&)> upsert;                  // new pod, or a pod that changed
-  std::function<void(const std::string& uid)> remove;      // deleted, or no longer selected
-  std::function<void()> synced;                            // after each complete list
+  std::function<void(const Pod&)> upsert;                 // new pod, or a pod that changed
+  std::function<void(const std::string& uid)> remove;     // deleted, or no longer selected
+  std::function<void()> synced;                           // after each complete list
   std::function<void(const WatchStatus&)> state_changed;  // on each change of state or message
 };
 
 struct PodWatcherStats {
-  uint64_t lists = 0;           // successful lists
-  uint64_t relists_gone = 0;    // lists because the watch's resourceVersion was too old
-  uint64_t watches = 0;         // watch requests answered 200
-  uint64_t reconnects = 0;      // retries after a failure (backoff waits)
-  uint64_t events = 0;          // watch events applied (bookmarks included)
-  uint64_t parse_errors = 0;    // watch lines or list bodies that could not be parsed
-  uint64_t oversize_events = 0; // watch lines longer than max_event_bytes
-  uint64_t auth_errors = 0;     // 401/403 answers
+  uint64_t lists = 0;            // successful lists
+  uint64_t relists_gone = 0;     // lists because the watch's resourceVersion was too old
+  uint64_t watches = 0;          // watch requests answered 200
+  uint64_t reconnects = 0;       // waits before trying again (after a failure or an empty watch)
+  uint64_t events = 0;           // watch events applied (bookmarks included)
+  uint64_t parse_errors = 0;     // watch lines or list bodies that could not be parsed
+  uint64_t oversize_events = 0;  // watch lines longer than max_event_bytes
+  uint64_t auth_errors = 0;      // 401/403 answers
 };
 
 class PodWatcher {
@@ -108,7 +108,7 @@ class PodWatcher {
   enum class WatchStop { None, Gone, Error };  // why an event line ends the watch
 
   void run();
-  Outcome list(bool after_gone);
+  Outcome list(bool consistent);
   Outcome watch(std::chrono::seconds timeout, bool& progressed);
   Outcome classify(const HttpResponse& response, const char* what);
   WatchStop onEventLine(std::string_view line);
@@ -116,6 +116,7 @@ class PodWatcher {
   void applyRemove(const std::string& uid);
   bool selected(const Pod& pod) const;
   void setStatus(ConnectionState state, std::string message);
+  void count(uint64_t PodWatcherStats::*counter, uint64_t n = 1);
   bool sleepFor(std::chrono::milliseconds delay);  // false if stopping
   std::string collectionPath() const;
 
