@@ -171,7 +171,7 @@ void Agent::run(const std::atomic<bool>& stop,
     pollOnce(timeout_ms);
     auto now = Clock::now();
     if (now >= next_sync) {
-      if (periodic_) periodic_();
+      for (auto& fn : periodic_) fn();
       syncCounters();
       publishGaps();
       next_sync = now + std::chrono::seconds(1);

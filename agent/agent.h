@@ -53,7 +53,7 @@ class Agent {
   void observeTargets(TargetObserver fn) { target_observers_.push_back(std::move(fn)); }
 
   // Runs fn on the agent's thread about once a second.
-  void setPeriodic(std::function<void()> fn) { periodic_ = std::move(fn); }
+  void addPeriodic(std::function<void()> fn) { periodic_.push_back(std::move(fn)); }
 
   // Runs fn on the agent's thread at the next loop iteration.
   void post(std::function<void()> fn);
@@ -83,7 +83,7 @@ class Agent {
   Reporter reporter_;
   Correlator correlator_;
   Explainer explainer_;
-  std::function<void()> periodic_;
+  std::vector<std::function<void()>> periodic_;
   std::vector<TargetObserver> target_observers_;
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<Probe> probe_;

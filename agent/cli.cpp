@@ -1,6 +1,7 @@
 #include "cli.h"
 
 #include <boost/program_options.hpp>
+#include <cstdlib>
 #include <sstream>
 
 namespace po = boost::program_options;
@@ -164,6 +165,20 @@ Command parseCommandLine(const std::vector<std::string>& args) {
          "seconds between per-pod summary lines")
         ("duration", po::value<int>(&duration)->default_value(0),
          "stop after this many seconds (0: run until SIGINT/SIGTERM)")
+        ("kubernetes", po::bool_switch(&opts.kubernetes),
+         "discover the pods to watch from the Kubernetes API (pods on this node matching "
+         "--pod-selector)")
+        ("node-name", po::value<std::string>(&opts.node_name),
+         "this node's name (default: $NODE_NAME, set by the DaemonSet)")
+        ("pod-selector", po::value<std::string>(&opts.pod_selector),
+         "label selector of the pods to watch, e.g. app=envoy-gateway")
+        ("namespace", po::value<std::string>(&opts.namespace_), "only pods of this namespace")
+        ("sidecar-container", po::value<std::string>(&opts.sidecar_container)->default_value("istio-proxy"),
+         "name of the sidecar container: its cgroup is the proxy's")
+        ("kubeconfig", po::value<std::string>(&opts.kubeconfig),
+         "kubeconfig file (default: the in-cluster service account)")
+        ("host-proc", po::value<std::string>(&opts.host_proc)->default_value("/proc"),
+         "the host's /proc (mounted into the agent's container)")
         ("rules-interval", po::value<int>(&rules_interval)->default_value(30),
          "seconds between re-reads of each pod's capture rules (a gap also triggers one, at "
          "most once a second)");
@@ -171,7 +186,20 @@ Command parseCommandLine(const std::vector<std::string>& args) {
     auto vm = parse(desc, rest);
     if (vm.count("help")) return HelpRequest{helpText("Usage: capturewatch run --netns PATH [OPTIONS]", desc)};
     opts.common = finishCommon(raw);
-    if (opts.netns_paths.empty()) throw UsageError("run needs at least one --netns PATH");
+    if (opts.kubernetes) {
+      if (opts.node_name.empty()) {
+        const char* env = std::getenv("NODE_NAME");
+        if (env != nullptr) opts.node_name = env;
+      }
+      if (opts.node_name.empty()) {
+        throw UsageError("--kubernetes needs --node-name or the NODE_NAME environment variable");
+      }
+    } else {
+      if (opts.netns_paths.empty()) throw UsageError("run needs at least one --netns PATH (or --kubernetes)");
+      for (const char* k8s_only : {"pod-selector", "namespace", "kubeconfig", "node-name"}) {
+        if (vm.count(k8s_only)) throw UsageError(std::string("--") + k8s_only + " needs --kubernetes");
+      }
+    }
     if (summary < 1) throw UsageError("--summary-interval must be at least 1 second");
     opts.summary_interval_s = static_cast<uint32_t>(summary);
     opts.duration_s = nonNegative("--duration", duration);

@@ -35,6 +35,14 @@ struct RunOptions {
   uint32_t summary_interval_s = 60;
   uint32_t duration_s = 0;  // 0: until SIGINT/SIGTERM
   uint32_t rules_interval_s = 30;  // re-read every pod's capture rules this often
+  // Kubernetes discovery (--kubernetes)
+  bool kubernetes = false;
+  std::string node_name;  // default: $NODE_NAME
+  std::string pod_selector;
+  std::string namespace_;
+  std::string sidecar_container = "istio-proxy";
+  std::string kubeconfig;  // empty: in-cluster service account
+  std::string host_proc = "/proc";
 };
 
 struct LabOptions {

@@ -35,7 +35,7 @@ std::unique_ptr<CaptureExplainer> attachExplainer(Agent& agent, const ExplainSet
     }
   });
   agent.setExplainer([ex](const Connection& conn) { return ex->explain(conn, monotonicNowNs()); });
-  agent.setPeriodic([ex, interval = settings.rules_interval_ns] {
+  agent.addPeriodic([ex, interval = settings.rules_interval_ns] {
     ex->refresh(monotonicNowNs(), interval);
   });
   return explainer;

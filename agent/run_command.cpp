@@ -5,6 +5,9 @@
 
 #include "agent.h"
 #include "explain_wiring.h"
+#include "k8s/kubeconfig.h"
+#include "k8s/label_selector.h"
+#include "kube_targets.h"
 #include "commands.h"
 #include "logging.h"
 #include "targets.h"
@@ -53,6 +56,17 @@ int runCommand(const RunOptions& options) {
   }
   std::vector<uint64_t> proxy_cgroups;
   for (const auto& path : options.proxy_cgroups) proxy_cgroups.push_back(proxyCgroupId(path));
+  KubeOptions kube;
+  if (options.kubernetes) {
+    kube.cluster = options.kubeconfig.empty() ? k8s::inClusterConfig()
+                                              : k8s::loadKubeconfig(options.kubeconfig);
+    kube.node_name = options.node_name;
+    kube.namespace_ = options.namespace_;
+    kube.selector = options.pod_selector;
+    k8s::LabelSelector::parse(kube.selector);  // a bad selector fails here, before BPF
+    kube.sidecar_container = options.sidecar_container;
+    kube.host_proc = options.host_proc;
+  }
 
   logging::init(options.common.log_format, options.common.log_level);
   const auto& stop = installStopSignals();
@@ -64,6 +78,11 @@ int runCommand(const RunOptions& options) {
   auto explainer = attachExplainer(agent, explain_settings);
   for (uint64_t id : proxy_cgroups) agent.addProxyCgroup(id);
   for (const auto& t : targets) agent.addTarget(t, PodLabels{t.namespace_, t.name, ""});
+  std::unique_ptr<KubeTargets> kube_targets;
+  if (options.kubernetes) {
+    kube_targets = std::make_unique<KubeTargets>(agent, kube);
+    kube_targets->start();
+  }
   logging::info("ready", {{"targets", targets.size()},
                           {"proxy_cgroups", proxy_cgroups.size()},
                           {"grace_ms", options.common.grace_ms},
