@@ -141,6 +141,16 @@ void checkListenAddress(const std::string& flag, const std::string& value) {
 }
 
 Command parseCommandLine(const std::vector<std::string>& args) {
+  // Boost.Program_options substitutes %placeholders% into its error messages
+  // and never terminates when an argument itself contains one (found by the
+  // command-line fuzzer): refuse such arguments before Boost sees them.
+  for (const auto& a : args) {
+    auto first = a.find('%');
+    if (first != std::string::npos && a.find('%', first + 1) != std::string::npos) {
+      throw UsageError("arguments may not contain '%...%': '" + a.substr(0, 64) + "'");
+    }
+    if (a.size() > 4096) throw UsageError("an argument is longer than 4096 bytes");
+  }
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
     return HelpRequest{kUsage};
   }
@@ -220,7 +230,9 @@ Command parseCommandLine(const std::vector<std::string>& args) {
         ("duration", po::value<int>(&duration)->default_value(15),
          "seconds of traffic before the final report")
         ("interval-ms", po::value<int>(&interval)->default_value(1000),
-         "pause between rounds of app calls");
+         "pause between rounds of app calls")
+        ("all-captured", po::bool_switch(&opts.all_captured),
+         "leave out the app running as UID 1337: a pod whose capture is complete");
     addCommon(desc, raw, "debug", false);
     auto vm = parse(desc, rest);
     if (vm.count("help")) return HelpRequest{helpText("Usage: capturewatch lab [OPTIONS]", desc)};

@@ -49,6 +49,7 @@ struct LabOptions {
   CommonOptions common;
   uint32_t duration_s = 15;
   uint32_t interval_ms = 1000;  // between rounds of app calls
+  bool all_captured = false;     // leave out the UID-1337 app: a pod with no gap
 };
 
 struct ExplainOptions {

@@ -117,12 +117,13 @@ int labCommand(const LabOptions& options) {
   target.namespace_ = "lab";
   agent.addTarget(target, PodLabels{target.namespace_, target.name, "envoy-gateway"});
 
-  const std::vector<AppCall> calls = {
+  std::vector<AppCall> calls = {
       {"gateway app (uid 1000) -> upstream IPv4", kAppUid, pod->upstreamV4()},
       {"gateway app (uid 1000) -> upstream IPv6", kAppUid, pod->upstreamV6()},
       {"gateway app (uid 1337) -> upstream IPv4", config.proxy_uid, pod->upstreamV4()},
       {"gateway app (uid 1000) -> admin on loopback", kAppUid, pod->adminV4()},
   };
+  if (options.all_captured) std::erase_if(calls, [&](const AppCall& c) { return c.uid == config.proxy_uid; });
   std::vector<std::pair<std::string, AppTally>> tallies;
   for (const auto& c : calls) tallies.emplace_back(c.who, AppTally{});
 

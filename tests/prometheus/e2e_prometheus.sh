@@ -221,5 +221,47 @@ lab_rc=$?
 LAB_PID=
 [ "$lab_rc" -eq 0 ] || die "the lab exited with status $lab_rc"
 say "PASS the lab ended with status 0"
-say "not run: the all-captured negative case (the lab has no such mode); the promtool unit tests cover it"
+# --- the negative case: a pod whose capture is complete raises no gap alert ----------------------
+stop "$PROM_PID" TERM 10
+PROM_PID=
+read -r AGENT_PORT PROM_PORT < <("$PY" -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])
+for x in s: x.close()
+') || die "cannot find free ports"
+PROM=http://127.0.0.1:$PROM_PORT
+AGENT=http://127.0.0.1:$AGENT_PORT
+sed -e "s|127.0.0.1:[0-9]*\"\]|127.0.0.1:$AGENT_PORT\"]|" "$TMP/prometheus.yml" >"$TMP/prometheus2.yml"
+"$PROMETHEUS" --config.file="$TMP/prometheus2.yml" \
+  --storage.tsdb.path="$TMP/data2" \
+  --web.listen-address="127.0.0.1:$PROM_PORT" \
+  --web.console.templates="$TMP/consoles" --web.console.libraries="$TMP/console_libraries" \
+  --log.level=warn >"$TMP/prometheus.log" 2>&1 &
+PROM_PID=$!
+"${API[@]}" ready "$PROM" 30 || die "the second prometheus did not become ready on $PROM"
+"$BIN" lab --all-captured --duration 25 --interval-ms 500 \
+  --metrics-address "127.0.0.1:$AGENT_PORT" --log-level info >"$TMP/lab.log" 2>&1 &
+LAB_PID=$!
+say "all-captured lab started (pid $LAB_PID), metrics on $AGENT"
+ratio= seen_full=
+start=$SECONDS
+while [ $((SECONDS - start)) -lt 40 ]; do
+  kill -0 "$LAB_PID" 2>/dev/null || break
+  ratio=$("${API[@]}" query "$PROM" \
+    'namespace_workload:capturewatch_capture_ratio:ratio_rate5m{namespace="lab"}' | cut -f1 | head -n1)
+  if [ "$ratio" = 1 ] && [ -z "$seen_full" ]; then seen_full=$SECONDS; fi
+  # Several evaluation rounds with complete capture: any gap alert would be pending by now.
+  [ -n "$seen_full" ] && [ $((SECONDS - seen_full)) -ge 12 ] && break
+  sleep 1
+done
+[ -n "$seen_full" ] || die "all-captured run: capture ratio is '${ratio:-absent}', want 1"
+for alert in CaptureWatchBypassedConnections CaptureWatchBypassRejected CaptureWatchCaptureRatioLow; do
+  state=$("${API[@]}" alert "$PROM" "$alert" | head -n1)
+  [ "$state" = none ] || die "all-captured run: $alert is $state"
+done
+say "PASS all-captured run: ratio 1, no gap alert pending or firing"
+stop "$LAB_PID" TERM 20
+LAB_PID=
 say "all assertions passed"
