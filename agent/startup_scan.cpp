@@ -228,15 +228,14 @@ int onConntrack(enum nf_conntrack_msg_type, struct nf_conntrack* ct, void* data)
   const uint8_t l3 = nfct_get_attr_u8(ct, ATTR_L3PROTO);
   if (l3 != AF_INET && l3 != AF_INET6) return NFCT_CB_CONTINUE;
   ConntrackEntry e;
-  const bool ok =
-      tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC, ATTR_ORIG_PORT_SRC,
-                    e.orig_src) &&
-      tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST, ATTR_ORIG_PORT_DST,
-                    e.orig_dst) &&
-      tupleEndpoint(ct, l3, ATTR_REPL_IPV4_SRC, ATTR_REPL_IPV6_SRC, ATTR_REPL_PORT_SRC,
-                    e.reply_src) &&
-      tupleEndpoint(ct, l3, ATTR_REPL_IPV4_DST, ATTR_REPL_IPV6_DST, ATTR_REPL_PORT_DST,
-                    e.reply_dst);
+  const bool ok = tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC, ATTR_ORIG_PORT_SRC,
+                                e.orig_src) &&
+                  tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST, ATTR_ORIG_PORT_DST,
+                                e.orig_dst) &&
+                  tupleEndpoint(ct, l3, ATTR_REPL_IPV4_SRC, ATTR_REPL_IPV6_SRC, ATTR_REPL_PORT_SRC,
+                                e.reply_src) &&
+                  tupleEndpoint(ct, l3, ATTR_REPL_IPV4_DST, ATTR_REPL_IPV6_DST, ATTR_REPL_PORT_DST,
+                                e.reply_dst);
   if (ok) {
     try {
       dump->out->push_back(e);
@@ -329,8 +328,10 @@ bool listenerTakes(const Listener& listener, const Endpoint& local) {
   if (listener.local.port != local.port) return false;
   const Address& la = listener.local.addr;
   if (la == local.addr) return true;
-  if (la == v4Any()) return local.addr.isV4();                      // 0.0.0.0: IPv4 only
-  if (la == Address{}) return !local.addr.isV4() || !listener.v6only;  // [::]: dual-stack unless v6only
+  // 0.0.0.0 takes IPv4 only; [::] takes IPv6 and, unless v6only, IPv4
+  // (v4-mapped) too.
+  if (la == v4Any()) return local.addr.isV4();
+  if (la == Address{}) return !local.addr.isV4() || !listener.v6only;
   return false;
 }
 
@@ -365,8 +366,8 @@ bool parseInetDiagDatagram(std::span<const uint8_t> datagram, uint32_t seq,
       if (h.nlmsg_type == NLMSG_ERROR) {
         int error = 0;
         if (payload_len >= sizeof error) std::memcpy(&error, payload, sizeof error);
-        throw std::runtime_error("sock_diag: " + (error < 0 ? errnoText(-error)
-                                                            : std::string("error message")));
+        throw std::runtime_error("sock_diag: " +
+                                 (error < 0 ? errnoText(-error) : std::string("error message")));
       }
       if (h.nlmsg_type == SOCK_DIAG_BY_FAMILY && out.size() < max_sockets) {
         parseDiagMessage(payload, payload_len, out);
@@ -461,8 +462,8 @@ Owners socketOwners(const std::string& proc_root, const std::set<uint64_t>& inod
   for (uint32_t pid : pids) {
     if (fds_seen >= max_fds || owners.size() == inodes.size()) break;
     const std::string dir_name = std::to_string(pid);
-    int fd_dir = ::openat(root.get(), (dir_name + "/fd").c_str(),
-                          O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd_dir =
+        ::openat(root.get(), (dir_name + "/fd").c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd_dir < 0) continue;  // gone, or not ours to read
     DIR* dir = ::fdopendir(fd_dir);
     if (dir == nullptr) {
@@ -502,7 +503,8 @@ Owners socketOwners(const std::string& proc_root, const std::set<uint64_t>& inod
 
 std::vector<Connection> classifyOpenConnections(const std::vector<ScannedSocket>& sockets,
                                                 const std::vector<ConntrackEntry>& conntrack,
-                                                const Owners& owners, const ClassifyConfig& config) {
+                                                const Owners& owners,
+                                                const ClassifyConfig& config) {
   std::vector<Listener> listeners;
   // The sidecar's accepted ends: app's end -> sidecar's end.
   std::multimap<Endpoint, Endpoint, EndpointLess> sidecar_peers;
@@ -520,7 +522,8 @@ std::vector<Connection> classifyOpenConnections(const std::vector<ScannedSocket>
   std::map<Tuple, bool, TupleLess> initiated;
   std::set<Tuple, TupleLess> responded;
   for (const auto& e : conntrack) {
-    const bool redirected = e.reply_src.port == config.redirect_port && !(e.reply_src == e.orig_dst);
+    const bool redirected =
+        e.reply_src.port == config.redirect_port && !(e.reply_src == e.orig_dst);
     auto [it, inserted] = initiated.emplace(Tuple{e.orig_src, e.orig_dst}, redirected);
     if (!inserted) it->second = it->second || redirected;
     responded.insert(Tuple{e.reply_src, e.reply_dst});

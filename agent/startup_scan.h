@@ -86,7 +86,9 @@ std::vector<ConntrackEntry> dumpConntrack(const std::string& netns_path);
 // Which process holds each of `inodes`: scans <proc_root>/<pid>/fd for links
 // "socket:[N]", at most max_fds descriptors in all, skipping what cannot be
 // read (processes that exit, permissions). Stops early once every inode is
-// found. Inodes no process holds are absent from the result.
+// found. Inodes no process holds are absent from the result. Reading other
+// users' /proc/PID/fd takes CAP_SYS_PTRACE; without it their sockets simply
+// have no owner.
 Owners socketOwners(const std::string& proc_root, const std::set<uint64_t>& inodes,
                     size_t max_fds = kMaxOwnerFds);
 

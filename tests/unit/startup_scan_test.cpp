@@ -46,11 +46,8 @@ ScannedSocket sock(uint8_t state, Endpoint local, Endpoint remote, uint64_t inod
 
 ScannedSocket listener(const std::string& addr, uint16_t port, uint64_t inode,
                        bool v6only = false) {
-  ScannedSocket s = sock(kTcpListen, ep(addr, port), ep(addr.find(':') != std::string::npos
-                                                            ? "::"
-                                                            : "0.0.0.0",
-                                                        0),
-                         inode);
+  ScannedSocket s = sock(kTcpListen, ep(addr, port),
+                         ep(addr.find(':') != std::string::npos ? "::" : "0.0.0.0", 0), inode);
   s.v6only = v6only;
   return s;
 }
@@ -124,8 +121,8 @@ TEST(StartupScanClassify, CapturedViaConntrackOnly) {
   // scan): the REDIRECT shows as a reply from the redirect port.
   std::vector<ScannedSocket> sockets = {
       sock(kTcpEstablished, ep("198.18.0.2", 40000), ep("198.18.0.1", 32000), 10)};
-  std::vector<ConntrackEntry> ct = {redirectEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000),
-                                                  ep("127.0.0.1", kRedirect))};
+  std::vector<ConntrackEntry> ct = {
+      redirectEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000), ep("127.0.0.1", kRedirect))};
   auto out = classifyOpenConnections(sockets, ct, {}, config());
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].verdict, Verdict::Captured);
@@ -186,8 +183,8 @@ TEST(StartupScanClassify, StaleConntrackOfAnotherDestinationIsNotEvidence) {
   // (e.g. TIME_WAIT) must not make this bypassed connection captured.
   std::vector<ScannedSocket> sockets = {
       sock(kTcpEstablished, ep("198.18.0.2", 40000), ep("198.18.0.9", 80), 10)};
-  std::vector<ConntrackEntry> ct = {redirectEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000),
-                                                  ep("127.0.0.1", kRedirect))};
+  std::vector<ConntrackEntry> ct = {
+      redirectEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000), ep("127.0.0.1", kRedirect))};
   auto out = classifyOpenConnections(sockets, ct, {}, config());
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].verdict, Verdict::Bypassed);
@@ -301,9 +298,9 @@ TEST(StartupScanClassify, SynSentIsReportedAsConnecting) {
       // A listener on the SYN_SENT socket's port does not make it inbound.
       listener("0.0.0.0", 40001, 3),
   };
-  std::vector<ConntrackEntry> ct = {redirectEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000),
-                                                  ep("127.0.0.1", kRedirect)),
-                                    plainEntry(ep("198.18.0.2", 40001), ep("198.18.0.9", 80))};
+  std::vector<ConntrackEntry> ct = {
+      redirectEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000), ep("127.0.0.1", kRedirect)),
+      plainEntry(ep("198.18.0.2", 40001), ep("198.18.0.9", 80))};
   auto out = classifyOpenConnections(sockets, ct, {}, config());
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0].verdict, Verdict::Captured);
@@ -370,7 +367,8 @@ TEST(StartupScanClassify, OddInputs) {
                      ep("198.18.0.1", kRedirect), ep("198.18.0.2", 40006)},
       ConntrackEntry{},
   };
-  Owners owners{{0, OwnerProcess{1, 0, "init"}}, {26, OwnerProcess{7, 7, "a-very-long-process-name"}}};
+  Owners owners{{0, OwnerProcess{1, 0, "init"}},
+                {26, OwnerProcess{7, 7, "a-very-long-process-name"}}};
   auto out = classifyOpenConnections(sockets, ct, owners, config());
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0].sock_id, 26u);
@@ -437,12 +435,10 @@ std::vector<uint8_t> diagMessage(uint8_t family, uint8_t state, uint32_t inode,
   h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
   h.nlmsg_flags = NLM_F_MULTI;
   h.nlmsg_seq = seq;
-  std::vector<uint8_t> out(NLMSG_HDRLEN);
+  std::vector<uint8_t> out(NLMSG_ALIGN(h.nlmsg_len));
   std::memcpy(out.data(), &h, sizeof h);
-  const auto* mp = reinterpret_cast<const uint8_t*>(&m);
-  out.insert(out.end(), mp, mp + sizeof m);
-  out.insert(out.end(), attrs.begin(), attrs.end());
-  out.resize(NLMSG_ALIGN(out.size()));
+  std::memcpy(out.data() + NLMSG_HDRLEN, &m, sizeof m);
+  if (!attrs.empty()) std::memcpy(out.data() + NLMSG_HDRLEN + sizeof m, attrs.data(), attrs.size());
   return out;
 }
 
@@ -464,8 +460,8 @@ std::vector<uint8_t> concat(std::initializer_list<std::vector<uint8_t>> parts) {
 }
 
 bool parse(const std::vector<uint8_t>& d, std::vector<ScannedSocket>& out, size_t max = 100) {
-  return scan_detail::parseInetDiagDatagram(std::span<const uint8_t>(d.data(), d.size()), kSeq,
-                                            out, max);
+  return scan_detail::parseInetDiagDatagram(std::span<const uint8_t>(d.data(), d.size()), kSeq, out,
+                                            max);
 }
 
 TEST(StartupScanParser, SocketsWithAttributesThenDone) {
@@ -480,9 +476,9 @@ TEST(StartupScanParser, SocketsWithAttributesThenDone) {
 
   std::vector<ScannedSocket> out;
   EXPECT_FALSE(parse(diagMessage(AF_INET, kTcpEstablished, 42, attrs), out));
-  EXPECT_TRUE(parse(concat({diagMessage(AF_INET6, kTcpListen, 43, v6attrs),
-                            controlMessage(NLMSG_DONE, 0)}),
-                    out));
+  EXPECT_TRUE(
+      parse(concat({diagMessage(AF_INET6, kTcpListen, 43, v6attrs), controlMessage(NLMSG_DONE, 0)}),
+            out));
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[0].local.str(), "198.18.0.2:40000");
   EXPECT_EQ(out[0].remote.str(), "198.18.0.1:32000");
@@ -500,8 +496,7 @@ TEST(StartupScanParser, SocketsWithAttributesThenDone) {
 TEST(StartupScanParser, OtherSequenceAndTypesAreSkipped) {
   std::vector<ScannedSocket> out;
   EXPECT_FALSE(parse(concat({diagMessage(AF_INET, kTcpEstablished, 1, {}, kSeq + 1),
-                             controlMessage(NLMSG_DONE, 0, kSeq + 1),
-                             controlMessage(NLMSG_NOOP, 0),
+                             controlMessage(NLMSG_DONE, 0, kSeq + 1), controlMessage(NLMSG_NOOP, 0),
                              diagMessage(AF_UNIX, kTcpEstablished, 2)}),
                      out));
   EXPECT_TRUE(out.empty());
@@ -518,8 +513,7 @@ TEST(StartupScanParser, MalformedLengthsThrow) {
   auto msg = diagMessage(AF_INET, kTcpEstablished, 1);
 
   // Truncated netlink header.
-  EXPECT_THROW(parse(std::vector<uint8_t>(msg.begin(), msg.begin() + 8), out),
-               std::runtime_error);
+  EXPECT_THROW(parse(std::vector<uint8_t>(msg.begin(), msg.begin() + 8), out), std::runtime_error);
   // nlmsg_len larger than the datagram.
   EXPECT_THROW(parse(std::vector<uint8_t>(msg.begin(), msg.end() - 4), out), std::runtime_error);
   // nlmsg_len smaller than a header.
@@ -547,8 +541,7 @@ TEST(StartupScanParser, MalformedLengthsThrow) {
   std::vector<uint8_t> short_cg;
   const uint32_t four = 4;
   appendAttr(short_cg, INET_DIAG_CGROUP_ID, &four, sizeof four);
-  EXPECT_THROW(parse(diagMessage(AF_INET, kTcpEstablished, 1, short_cg), out),
-               std::runtime_error);
+  EXPECT_THROW(parse(diagMessage(AF_INET, kTcpEstablished, 1, short_cg), out), std::runtime_error);
   // A truncated attribute header (2 bytes left).
   std::vector<uint8_t> stub = {4, 0};
   EXPECT_THROW(parse(diagMessage(AF_INET, kTcpEstablished, 1, stub), out), std::runtime_error);
@@ -557,10 +550,10 @@ TEST(StartupScanParser, MalformedLengthsThrow) {
 
 TEST(StartupScanParser, LimitDropsTheRest) {
   std::vector<ScannedSocket> out;
-  EXPECT_FALSE(parse(concat({diagMessage(AF_INET, kTcpEstablished, 1),
-                             diagMessage(AF_INET, kTcpEstablished, 2),
-                             diagMessage(AF_INET, kTcpEstablished, 3)}),
-                     out, 2));
+  EXPECT_FALSE(parse(
+      concat({diagMessage(AF_INET, kTcpEstablished, 1), diagMessage(AF_INET, kTcpEstablished, 2),
+              diagMessage(AF_INET, kTcpEstablished, 3)}),
+      out, 2));
   ASSERT_EQ(out.size(), 2u);
   EXPECT_EQ(out[1].inode, 2u);
 }
@@ -639,7 +632,7 @@ TEST(StartupScanProc, SocketOwners) {
   proc.process(7, "nogid", "Groups:", {"socket:[999]"});
   proc.process(8, "unrelated", "Gid:\t5\t5\t5\t5", {"socket:[1]"});
   std::filesystem::create_directories(proc.root() / "self" / "fd");  // not a pid: skipped
-  std::filesystem::create_directories(proc.root() / "9");  // no fd directory: skipped
+  std::filesystem::create_directories(proc.root() / "9");            // no fd directory: skipped
 
   auto owners = socketOwners(proc.path(), {555, 777, 888, 999, 4242});
   ASSERT_EQ(owners.size(), 4u);

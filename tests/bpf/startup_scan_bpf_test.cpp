@@ -1,0 +1,409 @@
+// Privileged test of the startup scan on a lab pod (real netns, Istio's own
+// rules, cgroup v2, a TLS-forwarding sidecar, a strict-mTLS upstream):
+// connections are opened and held open first, then the namespace's sockets,
+// conntrack table and /proc are read and classified, as the agent does when it
+// starts while connections are already open. Run as root.
+#include "startup_scan.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "bpf_test_util.h"
+#include "lab/lab_pod.h"
+#include "lab/spawn.h"
+#include "lab/system.h"
+
+namespace cw {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+constexpr uint16_t kPlainPort = 32001;     // a plain listener in the upstream netns
+constexpr uint16_t kLoopbackPort = 15080;  // a plain listener on the pod's loopback
+constexpr auto kHold = 90s;                // children give up by themselves after this long
+
+socklen_t toSockaddr(const Endpoint& ep, sockaddr_storage& ss) {
+  std::memset(&ss, 0, sizeof ss);
+  if (ep.addr.isV4()) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(ep.port);
+    std::memcpy(&sin->sin_addr, ep.addr.bytes.data() + 12, 4);
+    return sizeof *sin;
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(ep.port);
+  std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
+  return sizeof *sin6;
+}
+
+// Child role: listen on `on` and hold every accepted connection open (never
+// reading, never closing) until `lifetime` has passed.
+void holdingServerRole(const Endpoint& on, std::chrono::seconds lifetime, int report_fd) {
+  sockaddr_storage ss{};
+  const socklen_t len = toSockaddr(on, ss);
+  lab::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  int one = 1;
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0 || ::listen(fd.get(), 16) != 0) {
+    throw std::runtime_error("listen on " + on.str() + ": " + std::strerror(errno));
+  }
+  lab::writeFrame(report_fd, lab::kFrameReady, "");
+  std::vector<lab::UniqueFd> held;
+  const auto end = Clock::now() + lifetime;
+  while (Clock::now() < end && held.size() < 64) {
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, 500) <= 0) continue;
+    lab::UniqueFd conn(::accept4(fd.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    if (conn) held.push_back(std::move(conn));
+  }
+  while (Clock::now() < end) std::this_thread::sleep_for(500ms);
+}
+
+// Child role: connect to dst, report the local port ('D', 2 bytes), then hold
+// the connection open until `lifetime` has passed. With `trickle`, start an
+// HTTP request and add a header line every second without ever ending it: the
+// strict-mTLS upstream (reached through the sidecar) reads with a 5 s timeout
+// and would otherwise close an idle connection.
+void holdingClientRole(const Endpoint& dst, bool trickle, std::chrono::seconds lifetime,
+                       int report_fd) {
+  sockaddr_storage ss{};
+  const socklen_t len = toSockaddr(dst, ss);
+  lab::UniqueFd fd(::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+  timeval tv{3, 0};
+  ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);  // bounds connect()
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    throw std::runtime_error("connect " + dst.str() + ": " + std::strerror(errno));
+  }
+  sockaddr_storage local{};
+  socklen_t llen = sizeof local;
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &llen);
+  const uint16_t port =
+      ntohs(local.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&local)->sin_port
+                                       : reinterpret_cast<sockaddr_in6*>(&local)->sin6_port);
+  const char payload[2] = {static_cast<char>(port >> 8), static_cast<char>(port & 0xff)};
+  lab::writeFrame(report_fd, lab::kFrameData, std::string_view(payload, 2));
+  const auto end = Clock::now() + lifetime;
+  if (trickle) {
+    const std::string start = "GET / HTTP/1.0\r\nHost: " + dst.str() + "\r\n";
+    ::send(fd.get(), start.data(), start.size(), MSG_NOSIGNAL);
+  }
+  for (int i = 0; Clock::now() < end; ++i) {
+    std::this_thread::sleep_for(1s);
+    if (trickle) {
+      const std::string line = "X-Hold: " + std::to_string(i) + "\r\n";
+      ::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL);
+    }
+  }
+}
+
+void expectReady(lab::ChildProcess& child, const std::string& what) {
+  auto frame = lab::readFrame(child.reportFd(), Clock::now() + 5s);
+  ASSERT_EQ(frame.status, lab::Frame::Status::kOk) << what << " did not report";
+  ASSERT_EQ(frame.type, lab::kFrameReady) << what << ": " << frame.payload;
+}
+
+// The local port a holding client reported, or 0.
+uint16_t reportedPort(lab::ChildProcess& child, const std::string& what) {
+  auto frame = lab::readFrame(child.reportFd(), Clock::now() + 5s);
+  EXPECT_EQ(frame.status, lab::Frame::Status::kOk) << what << " did not report";
+  EXPECT_EQ(frame.type, lab::kFrameData) << what << ": " << frame.payload;
+  if (frame.status != lab::Frame::Status::kOk || frame.type != lab::kFrameData ||
+      frame.payload.size() != 2) {
+    return 0;
+  }
+  return static_cast<uint16_t>((static_cast<uint8_t>(frame.payload[0]) << 8) |
+                               static_cast<uint8_t>(frame.payload[1]));
+}
+
+uint64_t inodeOf(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  return st.st_ino;
+}
+
+lab::SpawnOptions inNetns(const std::string& name, const std::string& netns_path) {
+  lab::SpawnOptions o;
+  o.name = name;
+  o.netns_path = netns_path;
+  return o;
+}
+
+struct Scan {
+  std::vector<ScannedSocket> sockets;
+  std::vector<ConntrackEntry> conntrack;
+  Owners owners;
+  std::vector<Connection> connections;
+};
+
+Scan scanAndClassify(const std::string& netns_path, const ClassifyConfig& config) {
+  Scan s;
+  s.sockets = scanTcpSockets(netns_path);
+  s.conntrack = dumpConntrack(netns_path);
+  std::set<uint64_t> inodes;
+  for (const auto& sock : s.sockets) {
+    if (sock.state != kTcpListen && sock.inode != 0) inodes.insert(sock.inode);
+  }
+  s.owners = socketOwners("/proc", inodes);
+  s.connections = classifyOpenConnections(s.sockets, s.conntrack, s.owners, config);
+  return s;
+}
+
+const Connection* find(const std::vector<Connection>& conns, const Endpoint& src) {
+  for (const auto& c : conns) {
+    if (c.src == src) return &c;
+  }
+  return nullptr;
+}
+
+std::string describe(const std::vector<Connection>& conns) {
+  std::string out;
+  for (const auto& c : conns) {
+    out += "  " + std::string(toString(c.verdict)) + " " + c.src.str() + " -> " + c.dst.str() +
+           " uid " + std::to_string(c.uid) + " pid " + std::to_string(c.pid) + " cgroup " +
+           std::to_string(c.cgroup_id) + "\n";
+  }
+  return out;
+}
+
+std::vector<std::string> leftoverNetns() {
+  std::vector<std::string> out;
+  const std::string stem = "cw-test-scan-" + std::to_string(::getpid()) + "-";
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/run/netns", ec)) {
+    const std::string name = e.path().filename();
+    if (name.rfind(stem, 0) == 0) out.push_back(name);
+  }
+  return out;
+}
+
+TEST(StartupScanBpf, ClassifiesConnectionsAlreadyOpen) {
+  ASSERT_TRUE(testutil::isRoot()) << "privileged test: run as root";
+  const uint64_t own_netns = inodeOf("/proc/thread-self/ns/net");
+  {
+    lab::PodConfig config;
+    config.prefix = "cw-test-scan";
+    config.cgroup_prefix = "cw-test-scan";
+    config.server_lifetime = 120s;
+    auto pod = lab::LabPod::create(config);
+    pod->startUpstream();
+    pod->startSidecar();
+    const uint64_t app_cg = lab::cgroupId(pod->appCgroup());
+    const uint64_t sidecar_cg = lab::cgroupId(pod->sidecarCgroup());
+
+    // Declared after the pod: destroyed (SIGKILL, reaped) before it.
+    lab::ChildProcess plain =
+        lab::spawnInPod(inNetns("cw-plain", pod->upstreamNetnsPath()), [](int fd) {
+          holdingServerRole(Endpoint{Address::parse("::").value(), kPlainPort}, kHold, fd);
+        });
+    ASSERT_NO_FATAL_FAILURE(expectReady(plain, "plain listener"));
+    const Endpoint loopback_dst{Address::parse("127.0.0.1").value(), kLoopbackPort};
+    lab::ChildProcess loopback_server =
+        lab::spawnInPod(inNetns("cw-loopback", pod->podNetnsPath()),
+                        [&](int fd) { holdingServerRole(loopback_dst, kHold, fd); });
+    ASSERT_NO_FATAL_FAILURE(expectReady(loopback_server, "loopback listener"));
+
+    const lab::SpawnOptions app{.name = "envoy",
+                                .cgroup_dir = pod->appCgroup(),
+                                .netns_path = pod->podNetnsPath(),
+                                .uid = 1000,
+                                .gid = 1000};
+    lab::SpawnOptions app_as_proxy_uid = app;
+    app_as_proxy_uid.uid = 1337;
+    app_as_proxy_uid.gid = 1337;
+    const Endpoint up4 = pod->upstreamV4(), up6 = pod->upstreamV6();
+    const Endpoint plain_dst{pod->upstreamV4().addr, kPlainPort};
+
+    lab::ChildProcess captured4 =
+        lab::spawnInPod(app, [&](int fd) { holdingClientRole(up4, true, kHold, fd); });
+    lab::ChildProcess captured6 =
+        lab::spawnInPod(app, [&](int fd) { holdingClientRole(up6, true, kHold, fd); });
+    lab::ChildProcess bypassed = lab::spawnInPod(
+        app_as_proxy_uid, [&](int fd) { holdingClientRole(plain_dst, false, kHold, fd); });
+    lab::ChildProcess local =
+        lab::spawnInPod(app, [&](int fd) { holdingClientRole(loopback_dst, false, kHold, fd); });
+    const uint16_t captured4_port = reportedPort(captured4, "captured IPv4 client");
+    const uint16_t captured6_port = reportedPort(captured6, "captured IPv6 client");
+    const uint16_t bypassed_port = reportedPort(bypassed, "bypassed client");
+    const uint16_t local_port = reportedPort(local, "loopback client");
+    ASSERT_TRUE(captured4_port && captured6_port && bypassed_port && local_port);
+
+    ClassifyConfig cc;
+    cc.redirect_port = config.redirect_port;
+    cc.proxy_cgroups = {sidecar_cg};
+    cc.netns = static_cast<uint32_t>(inodeOf(pod->podNetnsPath()));
+
+    // The sidecar connects upstream after its accept: wait (bounded) until
+    // both of its connections are there.
+    Scan scan;
+    for (int i = 0; i < 50; ++i) {
+      scan = scanAndClassify(pod->podNetnsPath(), cc);
+      const auto proxies =
+          std::count_if(scan.connections.begin(), scan.connections.end(),
+                        [](const Connection& c) { return c.verdict == Verdict::Proxy; });
+      if (proxies >= 2 && scan.connections.size() >= 6) break;
+      std::this_thread::sleep_for(100ms);
+    }
+    SCOPED_TRACE("connections:\n" + describe(scan.connections));
+    EXPECT_EQ(inodeOf("/proc/thread-self/ns/net"), own_netns) << "the scan moved this thread";
+
+    const Endpoint c4{pod->podAddressV4(), captured4_port};
+    const Endpoint c6{pod->podAddressV6(), captured6_port};
+    const Endpoint b4{pod->podAddressV4(), bypassed_port};
+    const Endpoint l4{Address::parse("127.0.0.1").value(), local_port};
+    ASSERT_EQ(scan.connections.size(), 6u);
+
+    struct Expected {
+      Endpoint src, dst;
+      Verdict verdict;
+      uint32_t uid, gid;
+      pid_t pid;
+      uint64_t cgroup;
+    };
+    const std::vector<Expected> expected = {
+        {c4, up4, Verdict::Captured, 1000, 1000, captured4.pid(), app_cg},
+        {c6, up6, Verdict::Captured, 1000, 1000, captured6.pid(), app_cg},
+        {b4, plain_dst, Verdict::Bypassed, 1337, 1337, bypassed.pid(), app_cg},
+        {l4, loopback_dst, Verdict::Local, 1000, 1000, local.pid(), app_cg},
+    };
+    for (const auto& e : expected) {
+      const Connection* c = find(scan.connections, e.src);
+      ASSERT_NE(c, nullptr) << e.src.str();
+      EXPECT_EQ(c->verdict, e.verdict) << e.src.str();
+      EXPECT_EQ(c->dst, e.dst) << e.src.str();
+      EXPECT_EQ(c->uid, e.uid) << e.src.str();
+      EXPECT_EQ(c->gid, e.gid) << e.src.str();
+      EXPECT_EQ(c->pid, static_cast<uint32_t>(e.pid)) << e.src.str();
+      EXPECT_EQ(std::string(c->comm.data()), "envoy") << e.src.str();
+      EXPECT_EQ(c->cgroup_id, e.cgroup) << e.src.str();
+      EXPECT_EQ(c->netns, cc.netns);
+      EXPECT_EQ(c->outcome, Outcome::Open);
+      EXPECT_NE(c->sock_id, 0u);
+      EXPECT_EQ(c->flags, CW_F_OWNER_KNOWN | kScanFlagFoundAtStart) << e.src.str();
+    }
+    // The sidecar's own connections upstream, one per family.
+    std::vector<const Connection*> proxies;
+    for (const auto& c : scan.connections) {
+      if (c.verdict == Verdict::Proxy) proxies.push_back(&c);
+    }
+    ASSERT_EQ(proxies.size(), 2u);
+    for (const Connection* p : proxies) {
+      EXPECT_TRUE(p->dst == up4 || p->dst == up6) << p->dst.str();
+      EXPECT_EQ(p->uid, config.proxy_uid);
+      EXPECT_EQ(p->gid, config.proxy_gid);
+      EXPECT_EQ(p->pid, static_cast<uint32_t>(pod->sidecarPid()));
+      EXPECT_EQ(std::string(p->comm.data()), "envoy");
+      EXPECT_EQ(p->cgroup_id, sidecar_cg);
+    }
+    EXPECT_NE(proxies[0]->dst, proxies[1]->dst);
+
+    // What the kernel showed: the sidecar's accepted ends (dual-stack
+    // listener: the IPv4 one v4-mapped, normalised) with the apps as peers,
+    // in the sidecar's cgroup; the REDIRECTs in conntrack.
+    for (const Endpoint& app_end : {c4, c6}) {
+      const auto sidecar_end =
+          std::find_if(scan.sockets.begin(), scan.sockets.end(), [&](const ScannedSocket& s) {
+            return s.state == kTcpEstablished && s.local.port == config.redirect_port &&
+                   s.remote == app_end;
+          });
+      ASSERT_NE(sidecar_end, scan.sockets.end()) << app_end.str();
+      EXPECT_TRUE(sidecar_end->local.addr.isLoopback()) << sidecar_end->local.str();
+      EXPECT_EQ(sidecar_end->cgroup_id, sidecar_cg);
+      EXPECT_EQ(sidecar_end->uid, config.proxy_uid);
+      const auto redirect =
+          std::find_if(scan.conntrack.begin(), scan.conntrack.end(),
+                       [&](const ConntrackEntry& e) { return e.orig_src == app_end; });
+      ASSERT_NE(redirect, scan.conntrack.end()) << app_end.str();
+      EXPECT_TRUE(redirect->orig_dst == up4 || redirect->orig_dst == up6);
+      EXPECT_EQ(redirect->reply_src.port, config.redirect_port);
+      EXPECT_TRUE(redirect->reply_src.addr.isLoopback()) << redirect->reply_src.str();
+      EXPECT_EQ(redirect->reply_dst, app_end);
+    }
+    const auto listener =
+        std::find_if(scan.sockets.begin(), scan.sockets.end(), [&](const ScannedSocket& s) {
+          return s.state == kTcpListen && s.local.port == config.redirect_port;
+        });
+    ASSERT_NE(listener, scan.sockets.end());
+    EXPECT_TRUE(listener->local.addr.isUnspecified());
+    EXPECT_FALSE(listener->v6only);
+    EXPECT_EQ(listener->cgroup_id, sidecar_cg);
+
+    // Each kind of evidence suffices alone: conntrack without the sidecar's
+    // sockets, the sidecar's sockets without conntrack.
+    std::vector<ScannedSocket> no_sidecar_ends;
+    for (const auto& s : scan.sockets) {
+      if (!(s.state == kTcpEstablished && s.local.port == config.redirect_port)) {
+        no_sidecar_ends.push_back(s);
+      }
+    }
+    for (const auto& alt :
+         {classifyOpenConnections(no_sidecar_ends, scan.conntrack, scan.owners, cc),
+          classifyOpenConnections(scan.sockets, {}, scan.owners, cc)}) {
+      ASSERT_EQ(alt.size(), 6u);
+      for (const Endpoint& app_end : {c4, c6}) {
+        const Connection* c = find(alt, app_end);
+        ASSERT_NE(c, nullptr);
+        EXPECT_EQ(c->verdict, Verdict::Captured) << app_end.str();
+      }
+      EXPECT_EQ(find(alt, b4)->verdict, Verdict::Bypassed);
+    }
+
+    // Without the proxy's cgroup, the sidecar's connections look like gaps:
+    // the configuration matters, not the uid.
+    ClassifyConfig no_proxy = cc;
+    no_proxy.proxy_cgroups.clear();
+    const auto unconfigured =
+        classifyOpenConnections(scan.sockets, scan.conntrack, scan.owners, no_proxy);
+    EXPECT_EQ(std::count_if(unconfigured.begin(), unconfigured.end(),
+                            [](const Connection& c) { return c.verdict == Verdict::Bypassed; }),
+              3);
+
+    // The upstream's side of the world is another namespace: nothing of the
+    // pod's there, and its accepted sockets are inbound.
+    auto up = scanAndClassify(pod->upstreamNetnsPath(), cc);
+    EXPECT_TRUE(up.connections.empty()) << describe(up.connections);
+    EXPECT_FALSE(up.sockets.empty());
+  }
+  EXPECT_TRUE(leftoverNetns().empty());
+}
+
+TEST(StartupScanBpf, BadNamespacePathsThrow) {
+  ASSERT_TRUE(testutil::isRoot()) << "privileged test: run as root";
+  EXPECT_THROW(scanTcpSockets("/run/netns/cw-test-scan-does-not-exist"), std::runtime_error);
+  EXPECT_THROW(dumpConntrack("/run/netns/cw-test-scan-does-not-exist"), std::runtime_error);
+  // A namespace file of another kind: setns(CLONE_NEWNET) refuses it.
+  EXPECT_THROW(scanTcpSockets("/proc/self/ns/uts"), std::runtime_error);
+  EXPECT_THROW(scanTcpSockets("/etc/hostname"), std::runtime_error);
+}
+
+TEST(StartupScanBpf, ScansAFreshNamespace) {
+  ASSERT_TRUE(testutil::isRoot()) << "privileged test: run as root";
+  testutil::ScopedNetns ns("cw-test-scan-" + std::to_string(::getpid()) + "-empty");
+  EXPECT_TRUE(scanTcpSockets(ns.path()).empty());
+  EXPECT_TRUE(dumpConntrack(ns.path()).empty());
+}
+
+}  // namespace
+}  // namespace cw
