@@ -5,7 +5,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstdarg>
 #include <cstring>
@@ -85,8 +84,6 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
                      log.text());
   }
   probe->skel_->rodata->redirect_port = options.redirect_port;
-  probe->batch_interval_ms_ = options.batch_interval_ms;
-  probe->skel_->rodata->wakeup_bytes = options.batch_interval_ms > 0 ? options.ring_buffer_bytes / 4 : 0;
   bpf_map__set_max_entries(probe->skel_->maps.events, options.ring_buffer_bytes);
   bpf_map__set_max_entries(probe->skel_->maps.owners, options.max_tracked_sockets);
 
@@ -134,20 +131,9 @@ void Probe::unwatchNetns(uint32_t netns_inode) {
 }
 
 int Probe::poll(int timeout_ms) {
-  auto check = [](int n) {
-    if (n == -EINTR) return 0;
-    if (n < 0) throw ProbeError("ring buffer poll failed: " + std::string(strerror(-n)));
-    return n;
-  };
-  if (batch_interval_ms_ == 0) return check(ring_buffer__poll(ring_, timeout_ms));
-  // The kernel does not wake us per record: sleep (woken early only when a
-  // quarter of the buffer is waiting), then drain what is there. An epoll
-  // timeout consumes nothing in libbpf, hence the consume after it.
-  const int wait = flowing_ ? std::min<int>(timeout_ms, static_cast<int>(batch_interval_ms_)) : timeout_ms;
-  int n = 0;
-  if (wait > 0) n = check(ring_buffer__poll(ring_, wait));
-  n += check(ring_buffer__consume(ring_));
-  flowing_ = n > 0;
+  int n = ring_buffer__poll(ring_, timeout_ms);
+  if (n == -EINTR) return 0;
+  if (n < 0) throw ProbeError("ring buffer poll failed: " + std::string(strerror(-n)));
   return n;
 }
 

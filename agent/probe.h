@@ -30,12 +30,6 @@ struct ProbeOptions {
   uint16_t redirect_port = 15001;
   uint32_t ring_buffer_bytes = 4u << 20;  // power of two, >= page size
   uint32_t max_tracked_sockets = 65536;   // owner map (LRU) entries
-  // Batched reads: the kernel wakes the reader only when a quarter of the
-  // ring buffer is waiting (never per record), and poll() drains at most
-  // every batch_interval_ms while records flow. 0: wake per record, drain at
-  // once (the kernel's default policy; costs an interrupt and a context
-  // switch per record).
-  uint32_t batch_interval_ms = 10;
 };
 
 struct ProbeCounters {
@@ -58,10 +52,7 @@ class Probe {
   void unwatchNetns(uint32_t netns_inode);
 
   // Waits up to timeout_ms for records and hands each one to the handler.
-  // Returns the number of records consumed (0 on timeout or EINTR). With
-  // batching (ProbeOptions::batch_interval_ms), it returns after at most
-  // batch_interval_ms while records flow, and records wait at most that long
-  // (timeout_ms when the previous call found none).
+  // Returns the number of records consumed (0 on timeout or EINTR).
   int poll(int timeout_ms);
 
   ProbeCounters counters() const;
@@ -73,8 +64,6 @@ class Probe {
   capture_bpf* skel_ = nullptr;
   ring_buffer* ring_ = nullptr;
   Handler handler_;
-  uint32_t batch_interval_ms_ = 0;
-  bool flowing_ = false;  // the previous poll() found records
 };
 
 }  // namespace cw
