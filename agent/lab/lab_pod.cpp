@@ -6,11 +6,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 
 #include "lab/system.h"
@@ -23,6 +25,8 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr int kMaxClientCount = 10000;
+constexpr std::string_view kNameChars =
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.";
 
 Address v4(uint8_t a, uint8_t b, uint8_t c, uint8_t d) {
   const uint8_t bytes[4] = {a, b, c, d};
@@ -33,14 +37,36 @@ Address v6(const char* text) { return Address::parse(text).value(); }
 
 void validateName(const std::string& value, const char* field) {
   const bool ok = !value.empty() && value.size() <= 64 && value.front() != '-' &&
-                  value.find_first_not_of(
-                      "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                      "0123456789-_.") == std::string::npos &&
-                  value != "." && value != "..";
+                  value.find_first_not_of(kNameChars) == std::string::npos && value != "." &&
+                  value != "..";
   if (!ok) {
     throw std::invalid_argument(std::string("PodConfig.") + field + " '" + value +
                                 "': use 1-64 letters, digits, '-', '_' or '.'");
   }
+}
+
+// The components of a cgroup path relative to the cgroup2 root (a leading
+// '/' allowed); throws std::invalid_argument naming `field` if it is not one.
+std::vector<std::string> cgroupComponents(const std::string& path, const char* field) {
+  std::string_view rest = path;
+  if (!rest.empty() && rest.front() == '/') rest.remove_prefix(1);
+  std::vector<std::string> parts;
+  bool ok = !rest.empty() && path.size() <= 4096;
+  while (ok) {
+    const size_t slash = rest.find('/');
+    const std::string_view part = rest.substr(0, slash);
+    ok = !part.empty() && part.size() <= 255 && part != "." && part != ".." &&
+         part.find_first_not_of(kNameChars) == std::string_view::npos;
+    parts.emplace_back(part);
+    if (slash == std::string_view::npos) break;
+    rest.remove_prefix(slash + 1);
+  }
+  if (!ok) {
+    throw std::invalid_argument(std::string("PodConfig.") + field + " '" + path +
+                                "': use a path relative to the cgroup2 root whose components are "
+                                "1-255 letters, digits, '-', '_' or '.' (not '.' or '..')");
+  }
+  return parts;
 }
 
 void warn(const std::string& message) {
@@ -50,13 +76,6 @@ void warn(const std::string& message) {
 bool exists(const std::string& path) {
   struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-void makeCgroupDir(const std::string& dir, bool& created) {
-  if (::mkdir(dir.c_str(), 0755) != 0) {
-    throw std::runtime_error("cannot create cgroup " + dir + ": " + std::strerror(errno));
-  }
-  created = true;
 }
 
 // Kills every process still in a cgroup (cgroup.kill, or one by one on
@@ -117,6 +136,8 @@ LabPod::~LabPod() { teardown(); }
 std::unique_ptr<LabPod> LabPod::create(const PodConfig& config) {
   validateName(config.prefix, "prefix");
   validateName(config.cgroup_prefix, "cgroup_prefix");
+  if (!config.sidecar_cgroup.empty()) cgroupComponents(config.sidecar_cgroup, "sidecar_cgroup");
+  if (!config.app_cgroup.empty()) cgroupComponents(config.app_cgroup, "app_cgroup");
   if (config.redirect_port == 0 || config.upstream_port == 0 || config.admin_port == 0 ||
       config.redirect_port == config.admin_port) {
     throw std::invalid_argument("PodConfig: ports must be non-zero and distinct");
@@ -138,12 +159,10 @@ void LabPod::build() {
   up_path_ = "/run/netns/" + up_name_;
 
   cg_root_ = findCgroup2Root();
-  cg_dir_ = cg_root_ + "/" + config_.cgroup_prefix + "-" + pid;
-  sidecar_cg_ = cg_dir_ + "/sidecar";
-  app_cg_ = cg_dir_ + "/app";
-  makeCgroupDir(cg_dir_, cg_dir_created_);
-  makeCgroupDir(sidecar_cg_, sidecar_cg_created_);
-  makeCgroupDir(app_cg_, app_cg_created_);
+  const std::string own_cg = config_.cgroup_prefix + "-" + pid;
+  sidecar_cg_ =
+      makeCgroupPath(config_.sidecar_cgroup.empty() ? own_cg + "/sidecar" : config_.sidecar_cgroup);
+  app_cg_ = makeCgroupPath(config_.app_cgroup.empty() ? own_cg + "/app" : config_.app_cgroup);
 
   runChecked({"ip", "netns", "add", gw_name_}, "ip netns add " + gw_name_);
   gw_created_ = true;
@@ -187,17 +206,46 @@ void LabPod::build() {
   }
 }
 
+std::string LabPod::makeCgroupPath(const std::string& relative) {
+  const std::vector<std::string> parts = cgroupComponents(relative, "cgroup path");
+  cg_created_.reserve(cg_created_.size() + parts.size());  // push_back below cannot throw
+  std::string dir = cg_root_;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    dir += "/" + parts[i];
+    if (std::find(cg_created_.begin(), cg_created_.end(), dir) != cg_created_.end()) continue;
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+      cg_created_.push_back(dir);
+      continue;
+    }
+    const int err = errno;
+    // A parent that exists already is used (and left alone by teardown); the
+    // directory itself must be new: teardown kills what is in it.
+    struct stat st {};
+    const bool leaf = i + 1 == parts.size();
+    if (err == EEXIST && !leaf && ::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) continue;
+    throw std::runtime_error("cannot create cgroup " + dir + ": " + std::strerror(err));
+  }
+  return dir;
+}
+
 void LabPod::teardown() noexcept {
   sidecar_.kill();
   upstream_.kill();
-  if (app_cg_created_) emptyCgroup(app_cg_);
-  if (sidecar_cg_created_) emptyCgroup(sidecar_cg_);
+  // Deepest first: cgroup.kill of a directory also kills its descendants.
+  for (auto it = cg_created_.rbegin(); it != cg_created_.rend(); ++it) emptyCgroup(*it);
   if (gw_created_ && deleteNetns(gw_name_)) gw_created_ = false;
   if (up_created_ && deleteNetns(up_name_)) up_created_ = false;
-  if (app_cg_created_ && removeCgroupDir(app_cg_)) app_cg_created_ = false;
-  if (sidecar_cg_created_ && removeCgroupDir(sidecar_cg_)) sidecar_cg_created_ = false;
-  if (cg_dir_created_ && !app_cg_created_ && !sidecar_cg_created_ && removeCgroupDir(cg_dir_)) {
-    cg_dir_created_ = false;
+  // Deepest first (the reverse of creation); a directory with a descendant
+  // that could not be removed is kept (and warned about once, through it).
+  for (size_t i = cg_created_.size(); i-- > 0;) {
+    const std::string below = cg_created_[i] + "/";
+    const bool descendant_left =
+        std::any_of(cg_created_.begin() + static_cast<std::ptrdiff_t>(i) + 1, cg_created_.end(),
+                    [&](const std::string& d) { return d.compare(0, below.size(), below) == 0; });
+    if (descendant_left) continue;
+    if (removeCgroupDir(cg_created_[i])) {
+      cg_created_.erase(cg_created_.begin() + static_cast<std::ptrdiff_t>(i));
+    }
   }
 }
 

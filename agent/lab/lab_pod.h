@@ -42,6 +42,16 @@ struct PodConfig {
   // '-', '_' and '.' only.
   std::string prefix = "cw-lab";
   std::string cgroup_prefix = "capturewatch-lab";
+  // The sidecar's and the app's cgroup directories as paths relative to the
+  // cgroup2 root (a leading '/' is allowed), e.g. a kubelet layout:
+  // "capturewatch-test-42/kubepods/burstable/pod<uid>/<container id>". Empty:
+  // "<cgroup_prefix>-<pid>/sidecar" and "<cgroup_prefix>-<pid>/app". Missing
+  // parent directories are created (and removed again, deepest first); the
+  // directories themselves must not exist yet. Components: 1-255 letters,
+  // digits, '-', '_' or '.', not "." or "..". The two may be the same
+  // directory.
+  std::string sidecar_cgroup;
+  std::string app_cgroup;
   uint16_t upstream_port = 32000;
   uint16_t redirect_port = 15001;
   uint16_t admin_port = 15000;
@@ -121,12 +131,16 @@ class LabPod {
   void startServer(ChildProcess& slot, const SpawnOptions& options, Role role,
                    const std::string& what);
 
+  // Creates root/relative and its missing parents; the leaf must be new
+  // (or one this pod created already). Returns the absolute directory.
+  std::string makeCgroupPath(const std::string& relative);
+
   PodConfig config_;
   std::string gw_name_, up_name_, gw_path_, up_path_;
-  std::string cg_root_, cg_dir_, sidecar_cg_, app_cg_;
+  std::string cg_root_, sidecar_cg_, app_cg_;
   // What exists and must be removed.
   bool gw_created_ = false, up_created_ = false;
-  bool cg_dir_created_ = false, sidecar_cg_created_ = false, app_cg_created_ = false;
+  std::vector<std::string> cg_created_;  // cgroup directories made, in creation order
   ChildProcess upstream_, sidecar_;
 };
 
