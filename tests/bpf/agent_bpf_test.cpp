@@ -4,7 +4,9 @@
 // upstream are all real.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -287,6 +289,77 @@ TEST_F(AgentTest, MissingKernelFeatureOrPrivilegeIsAClearError) {
 
   EXPECT_EQ(runRestricted({"run", "--netns", pod_->podNetnsPath()}, false, true, &err), 1);
   EXPECT_NE(err.find("permission denied"), std::string::npos) << err;
+  auto progs = testutil::loadedBpfProgramNames();
+  EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0);
+}
+
+// /readyz answers 503 while the BPF programs are not attached. The agent's
+// HTTP server starts before it loads BPF; here the load is held: in a private
+// mount namespace the kernel's BTF file is replaced by a FIFO, on which
+// libbpf's read of the BTF blocks until the test opens the FIFO's other end.
+TEST_F(AgentTest, NotReadyWhileTheBpfProgramsAreNotAttached) {
+  char dir_template[] = "/tmp/cw-test-readyz-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = dir_template;
+  const std::string fifo = dir + "/vmlinux";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  const uint16_t port = testutil::freePort();
+
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (unshare(CLONE_NEWNS) != 0 || mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) ||
+        mount(fifo.c_str(), "/sys/kernel/btf/vmlinux", nullptr, MS_BIND, nullptr) != 0) {
+      _exit(100);
+    }
+    int devnull = ::open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    std::string bin = testutil::agentBinary();
+    std::string addr = "127.0.0.1:" + std::to_string(port);
+    std::vector<std::string> args = {bin, "run", "--netns", pod_->podNetnsPath(),
+                                     "--metrics-address", addr};
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+
+  // The agent serves, and is not ready, while its BPF load waits on the FIFO.
+  int status = 0;
+  std::string body;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    body = testutil::httpGet(port, "/readyz", &status);
+    if (status != 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(status, 503) << body;
+  EXPECT_NE(body.find("BPF programs not attached"), std::string::npos) << body;
+  testutil::httpGet(port, "/healthz", &status);
+  EXPECT_EQ(status, 200) << "alive while loading";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  body = testutil::httpGet(port, "/readyz", &status);
+  EXPECT_EQ(status, 503) << "still loading: " << body;
+
+  // Release the load with an empty BTF: it fails, and the agent exits with
+  // an error instead of becoming ready on a probe that is not there.
+  int w = ::open(fifo.c_str(), O_WRONLY);
+  EXPECT_GE(w, 0);
+  if (w >= 0) ::close(w);
+  int wstatus = 0;
+  for (int i = 0; i < 200 && waitpid(pid, &wstatus, WNOHANG) == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (waitpid(pid, &wstatus, WNOHANG) == 0 && kill(pid, 0) == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &wstatus, 0);
+    ADD_FAILURE() << "the agent did not exit after its BPF load failed";
+  }
+  EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 1) << wstatus;
+  unlink(fifo.c_str());
+  rmdir(dir.c_str());
   auto progs = testutil::loadedBpfProgramNames();
   EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0);
 }
