@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "agent.h"
+#include "capabilities.h"
 #include "explain_wiring.h"
 #include "k8s/kubeconfig.h"
 #include "k8s/label_selector.h"
@@ -43,6 +44,9 @@ AgentOptions agentOptionsFrom(const CommonOptions& common, uint32_t summary_inte
 }
 
 int runCommand(const RunOptions& options) {
+  // Every capability these options need, named if missing, before anything
+  // else can fail on an EPERM deep inside libbpf, setns or nsenter.
+  requireCapabilities(runCapabilityRequirements(options));
   // Resolve every path before touching the kernel: a bad flag fails fast
   // and leaves nothing behind.
   std::vector<Target> targets;
