@@ -3,8 +3,10 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 
 #include "logging.h"
+#include "startup_scan.h"
 
 namespace cw {
 namespace {
@@ -71,6 +73,79 @@ void Agent::addTarget(const Target& target, const PodLabels& labels) {
   f["redirect_port"] = options_.probe.redirect_port;
   logging::info("watching", f);
   for (auto& observe : target_observers_) observe(target, true);
+  if (options_.startup_scan) scanTarget(target);
+}
+
+void Agent::scanTarget(const Target& target) {
+  // The netns is watched already: a connection established from here on has
+  // its events in the ring buffer. The scan sees what was open before, and
+  // possibly some of the new ones, which the drain below tells apart.
+  const PodLabels& pod = reporter_.pod(target.netns);
+  logging::Fields f;
+  if (!pod.namespace_.empty()) f["namespace"] = pod.namespace_;
+  f["pod"] = pod.pod;
+  f["netns"] = target.netns;
+  std::vector<Connection> found;
+  size_t sockets_seen = 0;
+  try {
+    const auto sockets = scanTcpSockets(target.netns_path);
+    sockets_seen = sockets.size();
+    std::vector<ConntrackEntry> conntrack;
+    try {
+      conntrack = dumpConntrack(target.netns_path);
+    } catch (const std::exception& e) {
+      // Without conntrack, the sidecar's accepted sockets still show which
+      // connections it holds.
+      logging::Fields w = f;
+      w["error"] = e.what();
+      logging::warn("startup scan: conntrack unreadable, using sockets only", w);
+    }
+    std::set<uint64_t> inodes;
+    for (const auto& s : sockets) {
+      if (s.state != kTcpListen && s.inode != 0) inodes.insert(s.inode);
+    }
+    const Owners owners = socketOwners(options_.proc_root, inodes);
+    ClassifyConfig config;
+    config.redirect_port = options_.probe.redirect_port;
+    config.proxy_cgroups.insert(correlator_.proxyCgroups().begin(),
+                                correlator_.proxyCgroups().end());
+    config.netns = target.netns;
+    found = classifyOpenConnections(sockets, conntrack, owners, config);
+  } catch (const std::exception& e) {
+    metrics_.addStartupScanError();
+    f["netns_path"] = target.netns_path;
+    f["error"] = e.what();
+    logging::warn("startup scan failed: connections already open are not reported", f);
+    return;
+  }
+
+  std::set<std::pair<Endpoint, Endpoint>> seen;
+  startup_seen_ = &seen;
+  startup_netns_ = target.netns;
+  probe_->poll(0);
+  startup_seen_ = nullptr;
+  flushDecisions();
+
+  const uint64_t now = monotonicNowNs();
+  std::array<uint64_t, 4> by_verdict{};
+  uint64_t reported = 0;
+  for (Connection& c : found) {
+    // Still connecting: its handshake's end arrives as an event.
+    if ((c.flags & kScanFlagConnecting) != 0) continue;
+    if (seen.contains({c.src, c.dst})) continue;
+    c.decided_ns = now;
+    decisions_.push_back(Decision{Decision::Type::Verdict, c});
+    by_verdict[static_cast<size_t>(c.verdict) % by_verdict.size()]++;
+    ++reported;
+  }
+  flushDecisions();
+  metrics_.addFoundAtStart(reported);
+  f["sockets"] = sockets_seen;
+  f["found_open"] = reported;
+  for (Verdict v : {Verdict::Captured, Verdict::Bypassed, Verdict::Proxy, Verdict::Local}) {
+    f[std::string(toString(v))] = by_verdict[static_cast<size_t>(v) % by_verdict.size()];
+  }
+  logging::info("startup scan", f);
 }
 
 void Agent::removeTarget(uint32_t netns) {
@@ -112,6 +187,10 @@ void Agent::onRecord(std::span<const uint8_t> raw) {
     ++malformed_;
     return;
   }
+  if (startup_seen_ != nullptr && ev->netns == startup_netns_ &&
+      (ev->kind == EventKind::ActiveEstablished || ev->kind == EventKind::ActiveFailed)) {
+    startup_seen_->insert({ev->src, ev->dst});
+  }
   correlator_.onEvent(*ev, decisions_);
 }
 
@@ -119,7 +198,8 @@ void Agent::flushDecisions() {
   if (decisions_.empty()) return;
   const uint64_t now = monotonicNowNs();
   for (const Decision& d : decisions_) {
-    if (d.type == Decision::Type::Verdict && now >= d.conn.established_ns) {
+    if (d.type == Decision::Type::Verdict && now >= d.conn.established_ns &&
+        (d.conn.flags & kScanFlagFoundAtStart) == 0) {
       metrics_.observeVerdictLatency(static_cast<double>(now - d.conn.established_ns) / 1e9);
     }
     if (d.conn.verdict == Verdict::Bypassed && explainer_) {

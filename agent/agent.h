@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,11 @@ struct AgentOptions {
   std::chrono::milliseconds summary_interval{60'000};
   std::string metrics_address;  // empty: no HTTP server
   size_t gaps_limit = 200;      // entries served by /gaps
+  // Classify the connections already open in a namespace when it starts to
+  // be watched (agent start or restart, a new pod): sock_diag, conntrack, and
+  // the owners from <proc_root>/PID/fd.
+  bool startup_scan = true;
+  std::string proc_root = "/proc";
 };
 
 class Agent {
@@ -71,6 +77,7 @@ class Agent {
 
  private:
   void onRecord(std::span<const uint8_t> raw);
+  void scanTarget(const Target& target);
   void pollOnce(int timeout_ms);
   void flushDecisions();
   void syncCounters();
@@ -91,6 +98,11 @@ class Agent {
   std::vector<Decision> decisions_;
   uint64_t malformed_ = 0;
   uint64_t read_ = 0;
+  // While a startup scan drains the ring buffer: the (src, dst) of the app
+  // connections whose events arrived for that netns, so that a connection
+  // both seen by the scan and by its events is reported once.
+  std::set<std::pair<Endpoint, Endpoint>>* startup_seen_ = nullptr;
+  uint32_t startup_netns_ = 0;
   int64_t realtime_offset_ns_ = 0;
   std::atomic<bool> attached_{false};
   std::atomic<bool> targets_synced_{true};

@@ -48,6 +48,7 @@ class Correlator {
   // Sockets whose owner is in one of these cgroup v2 ids are the proxy's.
   void addProxyCgroup(uint64_t cgroup_id);
   void removeProxyCgroup(uint64_t cgroup_id);
+  const std::unordered_set<uint64_t>& proxyCgroups() const { return proxy_cgroups_; }
 
   // Forget everything pending for a netns (its target went away); nothing
   // is emitted for it.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <array>
+#include <compare>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -38,6 +39,7 @@ struct Address {
   std::string str() const;  // dotted quad for v4, RFC 5952 for v6
 
   friend bool operator==(const Address&, const Address&) = default;
+  friend auto operator<=>(const Address&, const Address&) = default;
 };
 
 struct Endpoint {
@@ -47,6 +49,7 @@ struct Endpoint {
   // "198.18.0.1:80" or "[2001:2::1]:80"
   std::string str() const;
   friend bool operator==(const Endpoint&, const Endpoint&) = default;
+  friend auto operator<=>(const Endpoint&, const Endpoint&) = default;
 };
 
 enum class EventKind : uint8_t {

@@ -74,6 +74,17 @@ Metrics::Metrics()
                              "Bypassed connections whose end was never seen (close record lost).",
                              *registry_)
                          .Add({})),
+      found_at_start_(counter("capturewatch_found_at_start_total",
+                              "Connections found already open when a namespace started to be "
+                              "watched (agent start or restart, new pod), reported by the "
+                              "startup scan.",
+                              *registry_)
+                          .Add({})),
+      startup_scan_errors_(counter("capturewatch_startup_scan_errors_total",
+                                   "Startup scans of a watched namespace that failed (its "
+                                   "connections already open are not reported).",
+                                   *registry_)
+                               .Add({})),
       verdict_latency_(prometheus::BuildHistogram()
                            .Name("capturewatch_verdict_latency_seconds")
                            .Help("Time from a connection's establishment to its verdict being "
@@ -201,5 +212,9 @@ void Metrics::addKubernetesError(const std::string& kind) {
   enableKubernetes();
   kubernetes_errors_->Add({{"kind", kind}}).Increment();
 }
+
+void Metrics::addFoundAtStart(uint64_t n) { found_at_start_.Increment(static_cast<double>(n)); }
+
+void Metrics::addStartupScanError() { startup_scan_errors_.Increment(); }
 
 }  // namespace cw

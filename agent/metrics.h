@@ -55,6 +55,10 @@ class Metrics {
   void addEventsRead(uint64_t n);
   void addEventsDropped(const std::string& reason, uint64_t n);
   void addRulesRead(bool ok);
+  // Startup scans of a newly watched namespace: connections found already
+  // open (reported with their verdict, found_at_start), and scans that failed.
+  void addFoundAtStart(uint64_t n);
+  void addStartupScanError();
   // Registers the Kubernetes discovery metrics (only exported in that mode).
   void enableKubernetes();
   void setKubernetesWatchUp(bool up);
@@ -82,6 +86,8 @@ class Metrics {
   prometheus::Counter& owner_insert_failed_;
   prometheus::Counter& orphan_accepts_;
   prometheus::Counter& outcomes_lost_;
+  prometheus::Counter& found_at_start_;
+  prometheus::Counter& startup_scan_errors_;
   prometheus::Histogram& verdict_latency_;
   ProbeCounters kernel_seen_;
   Correlator::Stats correlator_seen_;

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <ctime>
 
+#include "startup_scan.h"
+
 namespace cw {
 namespace {
 
@@ -71,7 +73,10 @@ logging::Fields Reporter::fields(const PodLabels& pod, const Connection& conn,
   f["src"] = conn.src.str();
   f["dst"] = conn.dst.str();
   f["outcome"] = std::string(toString(conn.outcome));
-  if (conn.decided_ns >= conn.established_ns) {
+  if ((conn.flags & kScanFlagFoundAtStart) != 0) {
+    // Open before the namespace was watched: no establishment time is known.
+    f["found_at_start"] = true;
+  } else if (conn.decided_ns >= conn.established_ns) {
     f["decided_after_ms"] = (conn.decided_ns - conn.established_ns) / 1'000'000;
   }
   if (why != nullptr) {

@@ -75,7 +75,9 @@ int runCommand(const RunOptions& options) {
   logging::init(options.common.log_format, options.common.log_level);
   const auto& stop = installStopSignals();
 
-  Agent agent(agentOptionsFrom(options.common, options.summary_interval_s));
+  AgentOptions agent_options = agentOptionsFrom(options.common, options.summary_interval_s);
+  if (options.kubernetes) agent_options.proc_root = options.host_proc;
+  Agent agent(agent_options);
   ExplainSettings explain_settings;
   explain_settings.redirect_port = options.common.redirect_port;
   explain_settings.rules_interval_ns = uint64_t{options.rules_interval_s} * 1'000'000'000ull;

@@ -233,6 +233,13 @@ int AgentProcess::stop(std::chrono::milliseconds timeout) {
   return rc;
 }
 
+void AgentProcess::killHard() {
+  if (pid_ <= 0) return;
+  kill(pid_, SIGKILL);
+  waitpid(pid_, &status_, 0);
+  pid_ = -1;
+}
+
 ScopedNetns::ScopedNetns(const std::string& name) : name_(name) {
   runArgv({"ip", "netns", "del", name_});  // a leftover of an interrupted run
   if (runArgv({"ip", "netns", "add", name_}) != 0) {

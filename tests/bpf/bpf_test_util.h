@@ -60,6 +60,9 @@ class AgentProcess {
   int stop(std::chrono::milliseconds timeout = std::chrono::seconds(10));
   // Waits for the process to exit by itself; -1 on timeout.
   int wait(std::chrono::milliseconds timeout);
+  // SIGKILL, as the OOM killer or a node drain would: no cleanup runs in
+  // the agent. Reaps it; the output read so far stays available.
+  void killHard();
 
  private:
   void reader(int fd, std::string* raw, bool parse);
