@@ -127,7 +127,7 @@ void Agent::scanTarget(const Target& target) {
   flushDecisions();
 
   const uint64_t now = monotonicNowNs();
-  std::array<uint64_t, 4> by_verdict{};
+  std::array<uint64_t, std::size(kAllVerdicts)> by_verdict{};
   uint64_t reported = 0;
   for (Connection& c : found) {
     // Still connecting: its handshake's end arrives as an event.
@@ -135,15 +135,15 @@ void Agent::scanTarget(const Target& target) {
     if (seen.contains({c.src, c.dst})) continue;
     c.decided_ns = now;
     decisions_.push_back(Decision{Decision::Type::Verdict, c});
-    by_verdict[static_cast<size_t>(c.verdict) % by_verdict.size()]++;
+    by_verdict[static_cast<size_t>(c.verdict)]++;
     ++reported;
   }
   flushDecisions();
   metrics_.addFoundAtStart(reported);
   f["sockets"] = sockets_seen;
   f["found_open"] = reported;
-  for (Verdict v : {Verdict::Captured, Verdict::Bypassed, Verdict::Proxy, Verdict::Local}) {
-    f[std::string(toString(v))] = by_verdict[static_cast<size_t>(v) % by_verdict.size()];
+  for (Verdict v : kAllVerdicts) {
+    f[std::string(toString(v))] = by_verdict[static_cast<size_t>(v)];
   }
   logging::info("startup scan", f);
 }
@@ -216,6 +216,10 @@ void Agent::pollOnce(int timeout_ms) {
   // it is in the ring buffer by the time poll() has drained it.
   uint64_t now = monotonicNowNs();
   probe_->poll(timeout_ms);
+  if (const uint64_t lost = probe_->lostAccepts(); lost != lost_accepts_seen_) {
+    lost_accepts_seen_ = lost;
+    correlator_.noteLostAccepts(monotonicNowNs());
+  }
   flushDecisions();
   correlator_.expire(now, decisions_);
   flushDecisions();
@@ -233,6 +237,10 @@ void Agent::syncCounters() {
 
 void Agent::publishGaps() {
   if (!http_) return;
+  // Decisions run on CLOCK_MONOTONIC, which never jumps; only the wall-clock
+  // times shown in /gaps use CLOCK_REALTIME, re-read here so that a clock
+  // step (NTP, an operator) is followed within a second.
+  realtime_offset_ns_ = realtimeOffsetNs();
   std::string json = reporter_.gapsJson(options_.gaps_limit, realtime_offset_ns_);
   std::lock_guard lock(shared_mu_);
   gaps_json_ = std::move(json);

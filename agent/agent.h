@@ -98,6 +98,7 @@ class Agent {
   std::vector<Decision> decisions_;
   uint64_t malformed_ = 0;
   uint64_t read_ = 0;
+  uint64_t lost_accepts_seen_ = 0;
   // While a startup scan drains the ring buffer: the (src, dst) of the app
   // connections whose events arrived for that netns, so that a connection
   // both seen by the scan and by its events is reported once.

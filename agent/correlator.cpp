@@ -171,11 +171,13 @@ void Correlator::expire(uint64_t now_ns, std::vector<Decision>& out) {
 
   for (auto it = pending_.begin(); it != pending_.end() && it->first.first <= cutoff;) {
     Connection conn = it->second;
-    conn.verdict = Verdict::Bypassed;
+    // Its accept may be among the lost ones: never guess it a gap (or captured).
+    const bool maybe_lost = last_accept_loss_ns_ != 0 && last_accept_loss_ns_ >= conn.established_ns;
+    conn.verdict = maybe_lost ? Verdict::Unknown : Verdict::Bypassed;
     conn.decided_ns = now_ns;
     it = erasePending(it);
     out.push_back(Decision{Decision::Type::Verdict, conn});
-    if (conn.outcome == Outcome::Open) follow(conn);
+    if (conn.verdict == Verdict::Bypassed && conn.outcome == Outcome::Open) follow(conn);
   }
 
   for (auto it = accepts_by_time_.begin();

@@ -57,6 +57,11 @@ class Correlator {
   // Feeds one event; decisions reached are appended to out.
   void onEvent(const ConnEvent& ev, std::vector<Decision>& out);
 
+  // The kernel lost accepts on the redirect port (ring buffer full), as
+  // noticed at now_ns: a pending connection established before then that
+  // finds no accept is Unknown, not Bypassed.
+  void noteLostAccepts(uint64_t now_ns) { last_accept_loss_ns_ = now_ns; }
+
   // Decides every pending app connection whose grace window ended at
   // now_ns (CLOCK_MONOTONIC, the clock of ConnEvent::ts_ns) as bypassed,
   // and drops accepts no connection claimed. Call after draining events.
@@ -105,6 +110,7 @@ class Correlator {
   Config config_;
   Stats stats_;
   uint64_t seq_ = 0;  // arrival counter for Stamp
+  uint64_t last_accept_loss_ns_ = 0;  // 0: no accept was ever lost
   std::unordered_set<uint64_t> proxy_cgroups_;
   // Undecided app connections, oldest (established_ns) first, so that
   // expiry and eviction take from the front.

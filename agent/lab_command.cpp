@@ -53,7 +53,7 @@ void printReport(const Reporter& reporter, const std::vector<std::pair<std::stri
   out << "\nWhat capturewatch saw:\n";
   for (const auto& [pod, tally] : reporter.tallies()) {
     out << "  pod " << pod.namespace_ << "/" << pod.pod << "\n";
-    for (Verdict v : {Verdict::Captured, Verdict::Bypassed, Verdict::Proxy, Verdict::Local}) {
+    for (Verdict v : kAllVerdicts) {
       char line[64];
       std::snprintf(line, sizeof line, "    %-9s %6llu\n", std::string(toString(v)).c_str(),
                     static_cast<unsigned long long>(tally.count(v)));

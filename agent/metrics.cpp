@@ -57,6 +57,12 @@ Metrics::Metrics()
       events_lost_(counter("capturewatch_events_lost_total",
                            "Kernel events dropped because the ring buffer was full.", *registry_)
                        .Add({})),
+      connections_lost_(counter("capturewatch_connections_lost_total",
+                                "App connections the agent never saw: their established or "
+                                "failed record was lost (ring buffer full). With "
+                                "capturewatch_connections_total, every connection made.",
+                                *registry_)
+                            .Add({})),
       events_read_(counter("capturewatch_events_read_total",
                            "Kernel events read from the ring buffer.", *registry_)
                        .Add({})),
@@ -85,6 +91,11 @@ Metrics::Metrics()
                                    "connections already open are not reported).",
                                    *registry_)
                                .Add({})),
+      targets_gone_(counter("capturewatch_targets_gone_total",
+                            "Watched network namespaces that disappeared (pod or process gone) "
+                            "and stopped being watched.",
+                            *registry_)
+                        .Add({})),
       verdict_latency_(prometheus::BuildHistogram()
                            .Name("capturewatch_verdict_latency_seconds")
                            .Help("Time from a connection's establishment to its verdict being "
@@ -160,6 +171,7 @@ void Metrics::setReady(bool ready) { ready_.Set(ready ? 1 : 0); }
 
 void Metrics::syncKernel(const ProbeCounters& counters) {
   advance(events_lost_, kernel_seen_.ringbuf_lost, counters.ringbuf_lost);
+  advance(connections_lost_, kernel_seen_.lost_active, counters.lost_active);
   advance(owner_insert_failed_, kernel_seen_.owner_insert_failed, counters.owner_insert_failed);
 }
 
@@ -216,5 +228,7 @@ void Metrics::addKubernetesError(const std::string& kind) {
 void Metrics::addFoundAtStart(uint64_t n) { found_at_start_.Increment(static_cast<double>(n)); }
 
 void Metrics::addStartupScanError() { startup_scan_errors_.Increment(); }
+
+void Metrics::addTargetGone() { targets_gone_.Increment(); }
 
 }  // namespace cw

@@ -59,6 +59,8 @@ class Metrics {
   // open (reported with their verdict, found_at_start), and scans that failed.
   void addFoundAtStart(uint64_t n);
   void addStartupScanError();
+  // A watched namespace given by path disappeared and is no longer watched.
+  void addTargetGone();
   // Registers the Kubernetes discovery metrics (only exported in that mode).
   void enableKubernetes();
   void setKubernetesWatchUp(bool up);
@@ -82,12 +84,14 @@ class Metrics {
   prometheus::Gauge* kubernetes_watch_up_ = nullptr;
   prometheus::Counter* kubernetes_watch_restarts_ = nullptr;
   prometheus::Counter& events_lost_;
+  prometheus::Counter& connections_lost_;
   prometheus::Counter& events_read_;
   prometheus::Counter& owner_insert_failed_;
   prometheus::Counter& orphan_accepts_;
   prometheus::Counter& outcomes_lost_;
   prometheus::Counter& found_at_start_;
   prometheus::Counter& startup_scan_errors_;
+  prometheus::Counter& targets_gone_;
   prometheus::Histogram& verdict_latency_;
   ProbeCounters kernel_seen_;
   Correlator::Stats correlator_seen_;

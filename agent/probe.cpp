@@ -137,19 +137,24 @@ int Probe::poll(int timeout_ms) {
   return n;
 }
 
-ProbeCounters Probe::counters() const {
+uint64_t Probe::sumCounter(uint32_t idx) const {
   int ncpu = libbpf_num_possible_cpus();
   std::vector<uint64_t> values(static_cast<size_t>(ncpu > 0 ? ncpu : 1));
-  auto sum = [&](uint32_t idx) -> uint64_t {
-    if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof idx, values.data(),
-                             values.size() * sizeof(uint64_t), 0) != 0) {
-      return 0;
-    }
-    uint64_t total = 0;
-    for (uint64_t v : values) total += v;
-    return total;
-  };
-  return ProbeCounters{sum(CW_CNT_RINGBUF_LOST), sum(CW_CNT_OWNER_INSERT_FAIL), sum(CW_CNT_EVENTS)};
+  if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof idx, values.data(),
+                           values.size() * sizeof(uint64_t), 0) != 0) {
+    return 0;
+  }
+  uint64_t total = 0;
+  for (uint64_t v : values) total += v;
+  return total;
+}
+
+uint64_t Probe::lostAccepts() const { return sumCounter(CW_CNT_LOST_PASSIVE); }
+
+ProbeCounters Probe::counters() const {
+  return ProbeCounters{sumCounter(CW_CNT_RINGBUF_LOST), sumCounter(CW_CNT_OWNER_INSERT_FAIL),
+                       sumCounter(CW_CNT_EVENTS), sumCounter(CW_CNT_LOST_ACTIVE),
+                       sumCounter(CW_CNT_LOST_PASSIVE)};
 }
 
 }  // namespace cw

@@ -36,6 +36,10 @@ struct ProbeCounters {
   uint64_t ringbuf_lost = 0;         // records dropped: ring buffer full
   uint64_t owner_insert_failed = 0;  // owner map updates that failed
   uint64_t submitted = 0;            // records submitted
+  // Of ringbuf_lost: app connections whose established/failed record was
+  // lost (never seen), and accepts on the redirect port that were lost.
+  uint64_t lost_active = 0;
+  uint64_t lost_passive = 0;
 };
 
 class Probe {
@@ -49,6 +53,8 @@ class Probe {
   Probe& operator=(const Probe&) = delete;
 
   void watchNetns(uint32_t netns_inode, uint32_t target_id);
+  // ProbeCounters::lost_passive alone (one map read), for the poll loop.
+  uint64_t lostAccepts() const;
   void unwatchNetns(uint32_t netns_inode);
 
   // Waits up to timeout_ms for records and hands each one to the handler.
@@ -58,6 +64,7 @@ class Probe {
   ProbeCounters counters() const;
 
  private:
+  uint64_t sumCounter(uint32_t idx) const;  // a per-CPU counter, summed
   Probe() = default;
   static int onRecord(void* ctx, void* data, size_t size);
 

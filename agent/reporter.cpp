@@ -7,6 +7,12 @@
 #include "startup_scan.h"
 
 namespace cw {
+
+constexpr const char* kUnknownWhy =
+    "kernel events were lost (ring buffer full, see capturewatch_events_lost_total) while "
+    "this connection waited for the sidecar's accept: whether it was captured cannot be told; "
+    "raise --ring-buffer-kb";
+
 namespace {
 
 constexpr const char* kRejectionSymptom =
@@ -115,6 +121,18 @@ void Reporter::report(const Decision& decision, const Why& why) {
   if (decision.type == Decision::Type::Verdict) {
     tally.by_verdict[static_cast<size_t>(conn.verdict)]++;
     if (metrics_ != nullptr) metrics_->addConnection(pod, conn.verdict, bypassed ? why.reason : "");
+    if (conn.verdict == Verdict::Unknown) {
+      // Events were lost while this connection waited for its accept. The
+      // pod's first such verdict at warn, the rest at debug (all counted).
+      const bool warn = !tally.unknown_logged;
+      tally.unknown_logged = true;
+      if (warn || logging::enabled(spdlog::level::debug)) {
+        auto f = fields(pod, conn, nullptr);
+        f["why"] = kUnknownWhy;
+        logging::write(warn ? spdlog::level::warn : spdlog::level::debug, "verdict", f);
+      }
+      return;
+    }
     if (!bypassed) {
       if (logging::enabled(spdlog::level::debug)) logging::debug("verdict", fields(pod, conn, nullptr));
       return;
@@ -158,7 +176,7 @@ void Reporter::logSummary() {
   for (auto& [pod, tally] : tallies_) {
     logging::Fields f;
     addPodFields(f, pod);
-    for (Verdict v : {Verdict::Captured, Verdict::Bypassed, Verdict::Proxy, Verdict::Local}) {
+    for (Verdict v : kAllVerdicts) {
       f[std::string(toString(v))] = tally.count(v);
     }
     double rate = tally.captureRate();

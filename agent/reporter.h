@@ -25,9 +25,10 @@ struct Why {
 };
 
 struct PodTally {
-  std::array<uint64_t, 4> by_verdict{};  // indexed by Verdict
+  std::array<uint64_t, std::size(kAllVerdicts)> by_verdict{};  // indexed by Verdict
   uint64_t rejected = 0;                 // bypassed and rejected by the peer
   uint64_t folded = 0;                   // bypass log lines folded since the last summary
+  bool unknown_logged = false;           // the pod's first unknown verdict was logged at warn
 
   uint64_t count(Verdict v) const { return by_verdict[static_cast<size_t>(v)]; }
   // captured / (captured + bypassed); negative when there is nothing to rate.

@@ -1,4 +1,5 @@
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
@@ -84,6 +85,21 @@ int runCommand(const RunOptions& options) {
   auto explainer = attachExplainer(agent, explain_settings);
   for (uint64_t id : proxy_cgroups) agent.addProxyCgroup(id);
   for (const auto& t : targets) agent.addTarget(t, PodLabels{t.namespace_, t.name, ""});
+  // A namespace given by path can vanish (its pod or process ended, `ip netns
+  // del`): stop watching it rather than keep a stale entry, once a second.
+  if (!targets.empty()) {
+    agent.addPeriodic([&agent, remaining = targets]() mutable {
+      std::erase_if(remaining, [&](const Target& t) {
+        struct stat st {};
+        if (::stat(t.netns_path.c_str(), &st) == 0 && st.st_ino == t.netns) return false;
+        logging::warn("watched network namespace is gone: stop watching",
+                      {{"pod", t.name}, {"netns", t.netns}, {"netns_path", t.netns_path}});
+        agent.removeTarget(t.netns);
+        agent.metrics().addTargetGone();
+        return true;
+      });
+    });
+  }
   std::unique_ptr<KubeTargets> kube_targets;
   if (options.kubernetes) {
     kube_targets = std::make_unique<KubeTargets>(agent, kube);

@@ -12,6 +12,8 @@ std::string_view toString(Verdict v) {
       return "proxy";
     case Verdict::Local:
       return "local";
+    case Verdict::Unknown:
+      return "unknown";
   }
   return "unknown";
 }

@@ -13,7 +13,10 @@ enum class Verdict : uint8_t {
   Bypassed,  // reached its destination directly: a capture gap
   Proxy,     // made by the sidecar proxy itself
   Local,     // destination inside the pod (loopback or own address)
+  Unknown,   // its accept may have been lost (ring buffer full): cannot be told
 };
+inline constexpr Verdict kAllVerdicts[] = {Verdict::Captured, Verdict::Bypassed, Verdict::Proxy,
+                                           Verdict::Local, Verdict::Unknown};
 
 // How the connection ended, as far as known when reported.
 enum class Outcome : uint8_t {

@@ -104,6 +104,10 @@ static __always_inline void emit(const struct sock *sk, __u8 kind, __u32 netns,
 	struct cw_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count(CW_CNT_RINGBUF_LOST);
+		if (kind == CW_EV_ACTIVE_ESTABLISHED || kind == CW_EV_ACTIVE_FAILED)
+			count(CW_CNT_LOST_ACTIVE);
+		else if (kind == CW_EV_PASSIVE_ESTABLISHED)
+			count(CW_CNT_LOST_PASSIVE);
 		return;
 	}
 	e->ts_ns = bpf_ktime_get_ns();

@@ -63,6 +63,7 @@ class AgentProcess {
   // SIGKILL, as the OOM killer or a node drain would: no cleanup runs in
   // the agent. Reaps it; the output read so far stays available.
   void killHard();
+  pid_t pid() const { return pid_; }
 
  private:
   void reader(int fd, std::string* raw, bool parse);

@@ -127,6 +127,44 @@ void expectVerdict(const std::vector<Decision>& out, Verdict verdict, Outcome ou
   EXPECT_EQ(out[0].conn.decided_ns, decided_ns);
 }
 
+// Accepts lost in the kernel (ring buffer full): a connection that finds no
+// accept is Unknown if the loss was noticed after it was established, and
+// still Bypassed if every loss predates it. Never captured, never followed.
+TEST_F(CorrelatorTest, ConnectionsWaitingWhenAcceptsWereLostAreUnknown) {
+  EXPECT_TRUE(feed(connected(1, 1000, 40001)).empty());
+  correlator_.noteLostAccepts(1500);  // noticed after connection 1 was established
+  EXPECT_TRUE(feed(connected(2, 2000, 40002)).empty());
+  EXPECT_TRUE(feed(connected(3, 3000, 40003)).empty());
+  EXPECT_TRUE(feed(accepted(3100, 40003)).size() == 1) << "a seen accept still joins";
+
+  auto out = expire(1000 + kGrace);
+  expectVerdict(out, Verdict::Unknown, Outcome::Open, 1, 1000 + kGrace);
+  out = expire(2000 + kGrace);
+  expectVerdict(out, Verdict::Bypassed, Outcome::Open, 2, 2000 + kGrace);
+  EXPECT_EQ(correlator_.followed(), 1U) << "only the bypassed one is followed";
+
+  correlator_.noteLostAccepts(2000);  // a loss at the very time of establishment counts
+  EXPECT_TRUE(feed(connected(4, 2000, 40004)).empty());
+  expectVerdict(expire(2000 + kGrace + 1), Verdict::Unknown, Outcome::Open, 4, 2000 + kGrace + 1);
+}
+
+// The agent reads "now" before draining the ring buffer, so events can be
+// newer than now, and the first expiry can come before one grace window has
+// passed since boot: neither expires anything early nor underflows.
+TEST_F(CorrelatorTest, EventsNewerThanNowAndEarlyClocksExpireNothingEarly) {
+  EXPECT_TRUE(expire(kGrace / 2).empty());
+  EXPECT_TRUE(feed(connected(1, 5 * kGrace, 40001)).empty());
+  EXPECT_TRUE(expire(kGrace / 2).empty()) << "now before the event";
+  EXPECT_TRUE(expire(5 * kGrace).empty()) << "now == the event's time";
+  EXPECT_TRUE(expire(6 * kGrace - 1).empty()) << "one ns before its grace ends";
+  expectVerdict(expire(6 * kGrace), Verdict::Bypassed, Outcome::Open, 1, 6 * kGrace);
+  // An accept stamped before its connection (clocks of two CPUs) still joins.
+  EXPECT_TRUE(feed(accepted(7 * kGrace - 5, 40002)).empty());
+  auto out = feed(connected(2, 7 * kGrace, 40002));
+  ASSERT_EQ(out.size(), 1U);
+  EXPECT_EQ(out[0].conn.verdict, Verdict::Captured);
+}
+
 TEST_F(CorrelatorTest, ActiveThenAcceptIsCaptured) {
   EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
   EXPECT_EQ(correlator_.pendingConnections(), 1U);
