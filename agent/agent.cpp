@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <thread>
 
 #include "logging.h"
 
@@ -131,14 +132,15 @@ void Agent::flushDecisions() {
   decisions_.clear();
 }
 
-void Agent::pollOnce(int timeout_ms) {
+int Agent::pollOnce(int timeout_ms) {
   // "now" is read before draining: every event the kernel produced before
   // it is in the ring buffer by the time poll() has drained it.
   uint64_t now = monotonicNowNs();
-  probe_->poll(timeout_ms);
+  const int n = probe_->poll(timeout_ms);
   flushDecisions();
   correlator_.expire(now, decisions_);
   flushDecisions();
+  return n;
 }
 
 void Agent::syncCounters() {
@@ -166,9 +168,16 @@ void Agent::run(const std::atomic<bool>& stop,
   auto next_sync = Clock::now();
   auto next_summary = Clock::now() + options_.summary_interval;
 
+  // Batched reads: while records keep coming, wait a little before the next
+  // read instead of waking up for (nearly) every record. The kernel only
+  // wakes a reader that has caught up, so under load this turns one wakeup
+  // per record into one per batch; it adds at most `batch` to a verdict's
+  // latency. 5 ms with the default 200 ms grace window.
+  const auto batch = std::chrono::microseconds(std::min<uint64_t>(options_.grace_ns / 40'000, 5'000));
+
   while (!stop.load() && (!deadline || Clock::now() < *deadline)) {
     runPosted();
-    pollOnce(timeout_ms);
+    if (pollOnce(timeout_ms) > 0 && batch.count() > 0) std::this_thread::sleep_for(batch);
     auto now = Clock::now();
     if (now >= next_sync) {
       for (auto& fn : periodic_) fn();

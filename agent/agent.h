@@ -71,7 +71,8 @@ class Agent {
 
  private:
   void onRecord(std::span<const uint8_t> raw);
-  void pollOnce(int timeout_ms);
+  // Returns the number of ring-buffer records read.
+  int pollOnce(int timeout_ms);
   void flushDecisions();
   void syncCounters();
   void publishGaps();

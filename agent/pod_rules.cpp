@@ -210,7 +210,10 @@ bool CaptureExplainer::read(uint32_t netns, Target& t, uint64_t now_ns) {
                        t.history.back().rules->error != rules->error;
   if (on_read) on_read(netns, *rules, changed);
   if (changed) {
-    t.history.push_back(Snapshot{now_ns, std::move(rules)});
+    Snapshot snap;
+    snap.read_ns = now_ns;
+    snap.rules = std::move(rules);
+    t.history.push_back(std::move(snap));
     if (t.history.size() > kHistory) t.history.erase(t.history.begin());
   }
   return t.history.back().rules->error.empty();
@@ -225,12 +228,36 @@ std::pair<int, int> CaptureExplainer::refresh(uint64_t now_ns, uint64_t max_age_
   return {ok, failed};
 }
 
+rules::Explanation CaptureExplainer::explainWith(Snapshot& s, bool ipv6,
+                                                 const rules::Connection& rc) const {
+  const rules::RuleSet& rs = *s.rules->forFamily(ipv6);
+  auto& policy = s.policy[ipv6 ? 1 : 0];
+  if (!policy) policy = std::make_shared<const rules::Policy>(rules::summarise(rs));
+  return rules::explain(rules::Evaluator(rs), *policy, rc, redirect_port_);
+}
+
+bool CaptureExplainer::explainedByLastRead(Target& t, const Connection& conn) {
+  if (t.history.empty()) return false;
+  const PodRules& last = *t.history.back().rules;
+  if (!last.error.empty() || !last.hasIstioChains()) return false;
+  const bool ipv6 = !conn.dst.addr.isV4();
+  if (last.forFamily(ipv6) == nullptr) return false;
+  return !explainWith(t.history.back(), ipv6, ruleConnection(t, conn)).captured;
+}
+
 Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
   auto it = targets_.find(conn.netns);
   if (it == targets_.end()) return Why{"unknown", "", "the pod's rules were never read"};
   Target& t = it->second;
-  // A gap may follow a rule change: look again, at a bounded rate.
-  if (now_ns - t.last_read_ns >= min_interval_ns_) read(conn.netns, t, now_ns);
+  // A gap may follow a rule change: look again, at a bounded rate, unless
+  // the rules last read already explain it (they were in force when it was
+  // opened; the periodic refresh still sees later changes). Reading forks
+  // and runs the rules' tools in the pod's netns: under a storm of
+  // bypassed connections, a read a second on the agent's loop delayed
+  // every verdict behind it.
+  if (now_ns - t.last_read_ns >= min_interval_ns_ && !explainedByLastRead(t, conn)) {
+    read(conn.netns, t, now_ns);
+  }
 
   const PodRules& now = *t.history.back().rules;
   if (!now.error.empty()) {
@@ -249,7 +276,7 @@ Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
   }
 
   const rules::Connection rc = ruleConnection(t, conn);
-  rules::Explanation e = rules::explain(*rs, rc, redirect_port_);
+  rules::Explanation e = explainWith(t.history.back(), ipv6, rc);
   if (!e.captured) return Why{reasonLabel(e.reason), e.rule, e.remedy};
 
   // The rules capture this connection now. If an earlier read had rules
@@ -258,9 +285,8 @@ Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
   uint64_t capture_since = 0;
   bool earlier_without = false;
   for (auto s = t.history.rbegin(); s != t.history.rend(); ++s) {
-    const rules::RuleSet* old = s->rules->forFamily(ipv6);
-    bool captures = s->rules->error.empty() && old != nullptr &&
-                    rules::explain(*old, rc, redirect_port_).captured;
+    bool captures = s->rules->error.empty() && s->rules->forFamily(ipv6) != nullptr &&
+                    explainWith(*s, ipv6, rc).captured;
     if (!captures) {
       earlier_without = true;
       break;
