@@ -1133,12 +1133,16 @@ int run(const Options& o) {
     std::filesystem::create_directories(dir);
     out = (dir / (result["started"].get<std::string>() + ".json")).string();
   }
+  // The table first: a JSON path that cannot be written loses nothing.
+  printTable(result, std::cout);
   {
+    std::error_code ec;
+    const auto parent = std::filesystem::path(out).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
     std::ofstream f(out);
     f << result.dump(2) << "\n";
     if (!f) throw std::runtime_error("cannot write " + out);
   }
-  printTable(result, std::cout);
   std::cout << "\nJSON: " << out << "\n";
   if (remove_work_dir.dir.empty()) std::cout << "agent logs: " << work_dir << "\n";
   return 0;
