@@ -133,10 +133,13 @@ void Agent::flushDecisions() {
 }
 
 int Agent::pollOnce(int timeout_ms) {
-  // "now" is read before draining: every event the kernel produced before
-  // it is in the ring buffer by the time poll() has drained it.
-  uint64_t now = monotonicNowNs();
-  const int n = probe_->poll(timeout_ms);
+  // Wait for records (or the timeout), then read "now" and drain what is
+  // left: every event the kernel produced before "now" has been read when
+  // expire(now) decides. ("now" read before a wait that timed out was up to
+  // timeout_ms stale, which delayed bypassed verdicts past grace + 50 ms.)
+  int n = probe_->poll(timeout_ms);
+  const uint64_t now = monotonicNowNs();
+  n += probe_->drain();
   flushDecisions();
   correlator_.expire(now, decisions_);
   flushDecisions();
@@ -177,7 +180,15 @@ void Agent::run(const std::atomic<bool>& stop,
 
   while (!stop.load() && (!deadline || Clock::now() < *deadline)) {
     runPosted();
-    if (pollOnce(timeout_ms) > 0 && batch.count() > 0) std::this_thread::sleep_for(batch);
+    // Wake up no later than the oldest pending connection's grace window
+    // ends, so that its bypassed verdict is not late by up to timeout_ms.
+    int wait_ms = timeout_ms;
+    if (const uint64_t deadline_ns = correlator_.nextDeadline(); deadline_ns != 0) {
+      const uint64_t now_ns = monotonicNowNs();
+      const uint64_t left_ms = deadline_ns > now_ns ? (deadline_ns - now_ns + 999'999) / 1'000'000 : 0;
+      wait_ms = static_cast<int>(std::min<uint64_t>(left_ms, static_cast<uint64_t>(timeout_ms)));
+    }
+    if (pollOnce(wait_ms) > 0 && batch.count() > 0) std::this_thread::sleep_for(batch);
     auto now = Clock::now();
     if (now >= next_sync) {
       for (auto& fn : periodic_) fn();
