@@ -39,6 +39,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <map>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -817,6 +818,20 @@ json summarize(const json& phases, const Options& o) {
     s["rate_off"] = off;
     s["rate_on"] = on;
     s["ratio"] = median(off) > 0 ? median(on) / median(off) : 0;
+    // The same round's on/off pair (they ran back to back): less exposed to
+    // the machine's drift between rounds than the ratio of the medians.
+    std::map<int, std::pair<double, double>> by_round;  // round -> (off, on)
+    for (const auto& p : phases) {
+      if (p["path"] != name) continue;
+      auto& pair = by_round[p["round"].get<int>()];
+      (p["agent"]["on"].get<bool>() ? pair.second : pair.first) = p["storm"]["rate"].get<double>();
+    }
+    std::vector<double> paired;
+    for (const auto& [round, pair] : by_round) {
+      if (pair.first > 0 && pair.second > 0) paired.push_back(pair.second / pair.first);
+    }
+    s["ratio_per_round"] = paired;
+    s["ratio_paired_median"] = median(paired);
     s["connections_agent_on"] = conns;
     s["events_read"] = read;
     s["events_per_connection"] = conns > 0 ? read / conns : 0;

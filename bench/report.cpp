@@ -1,6 +1,7 @@
 #include "report.h"
 
 #include <algorithm>
+#include <vector>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -130,6 +131,15 @@ void printTable(const json& r, std::ostream& out) {
                     latency(s["latency_p50_s"]).c_str(), latency(s["latency_p99_s"]).c_str());
       out << line;
     }
+    out << "  on/off of the same round (median, min..max):";
+    for (const auto& [path, s] : r["summary"].items()) {
+      if (!s.contains("ratio_per_round") || s["ratio_per_round"].empty()) continue;
+      const auto v = s["ratio_per_round"].get<std::vector<double>>();
+      out << "  " << path << " " << fmt("%.1f%%", s["ratio_paired_median"].get<double>() * 100) << " ("
+          << fmt("%.0f", *std::min_element(v.begin(), v.end()) * 100) << ".."
+          << fmt("%.0f%%)", *std::max_element(v.begin(), v.end()) * 100);
+    }
+    out << "\n";
     out << "  (ev/conn: ring-buffer records per connection; miss/wrong: verdicts missing / not the expected one;\n"
            "   cpu: the agent process, all threads, /proc/PID/task/*/schedstat; latency: establishment -> verdict\n"
            "   reported, from capturewatch_verdict_latency_seconds, interpolated inside its bucket)\n";
