@@ -78,7 +78,8 @@ class Agent {
  private:
   void onRecord(std::span<const uint8_t> raw);
   void scanTarget(const Target& target);
-  void pollOnce(int timeout_ms);
+  // Returns the number of ring-buffer records read.
+  int pollOnce(int timeout_ms);
   void flushDecisions();
   void syncCounters();
   void publishGaps();

@@ -36,6 +36,10 @@ void Correlator::removeProxyCgroup(uint64_t cgroup_id) { proxy_cgroups_.erase(cg
 
 size_t Correlator::pendingConnections() const { return pending_.size(); }
 
+uint64_t Correlator::nextDeadline() const {
+  return pending_.empty() ? 0 : pending_.begin()->first.first + config_.grace_ns;
+}
+
 size_t Correlator::pendingAccepts() const { return accepts_.size(); }
 
 size_t Correlator::followed() const { return followed_.size(); }

@@ -68,6 +68,9 @@ class Correlator {
   void expire(uint64_t now_ns, std::vector<Decision>& out);
 
   size_t pendingConnections() const;
+  // When the oldest pending app connection's grace window ends (CLOCK_MONOTONIC
+  // ns); 0 when none is pending. The agent wakes up for it.
+  uint64_t nextDeadline() const;
   size_t pendingAccepts() const;
   size_t followed() const;
   const Stats& stats() const { return stats_; }

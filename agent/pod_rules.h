@@ -82,9 +82,15 @@ class CaptureExplainer {
 
  private:
   struct Snapshot {
-    uint64_t read_ns;
+    uint64_t read_ns = 0;
     std::shared_ptr<const PodRules> rules;
+    // summarise() of each family's rules (v4, v6), computed on first use:
+    // explaining a connection then only evaluates it.
+    std::shared_ptr<const rules::Policy> policy[2];
   };
+  // rules::explain with the snapshot's summary of that family's rules
+  // (which must exist).
+  rules::Explanation explainWith(Snapshot& s, bool ipv6, const rules::Connection& rc) const;
   struct Target {
     std::string netns_path;
     std::vector<Snapshot> history;  // one entry per change, oldest first
@@ -93,6 +99,9 @@ class CaptureExplainer {
   };
 
   bool read(uint32_t netns, Target& t, uint64_t now_ns);
+  // The last read rules are readable, have Istio's chains and say this
+  // connection is not captured: no re-read is needed to explain it.
+  bool explainedByLastRead(Target& t, const Connection& conn);
   rules::Connection ruleConnection(Target& t, const Connection& conn);
 
   RulesReader reader_;

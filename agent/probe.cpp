@@ -137,6 +137,13 @@ int Probe::poll(int timeout_ms) {
   return n;
 }
 
+int Probe::drain() {
+  int n = ring_buffer__consume(ring_);
+  if (n == -EINTR) return 0;
+  if (n < 0) throw ProbeError("ring buffer read failed: " + std::string(strerror(-n)));
+  return n;
+}
+
 uint64_t Probe::sumCounter(uint32_t idx) const {
   int ncpu = libbpf_num_possible_cpus();
   std::vector<uint64_t> values(static_cast<size_t>(ncpu > 0 ? ncpu : 1));

@@ -60,6 +60,9 @@ class Probe {
   // Waits up to timeout_ms for records and hands each one to the handler.
   // Returns the number of records consumed (0 on timeout or EINTR).
   int poll(int timeout_ms);
+  // Hands every record in the ring buffer to the handler now, without
+  // waiting or relying on a wakeup. Returns the number consumed.
+  int drain();
 
   ProbeCounters counters() const;
 

@@ -154,9 +154,6 @@ void Reporter::report(const Decision& decision, const Why& why) {
     tally.rejected++;
     if (metrics_ != nullptr) metrics_->addBypassRejected(pod);
   }
-  auto f = fields(pod, conn, &why);
-  if (rejected) f["symptom"] = kRejectionSymptom;
-
   // The first occurrence of a gap, and its first rejection, at warn;
   // repeats at debug, counted in the summary.
   bool warn = false;
@@ -168,8 +165,13 @@ void Reporter::report(const Decision& decision, const Why& why) {
     gap->rejection_logged = true;
     warn = true;
   }
-  logging::write(warn ? spdlog::level::warn : spdlog::level::debug,
-                 decision.type == Decision::Type::Verdict ? "verdict" : "outcome", f);
+  const auto level = warn ? spdlog::level::warn : spdlog::level::debug;
+  // The fields are built only for a line that is written (a storm of
+  // repeats at info level costs no JSON).
+  if (!logging::enabled(level)) return;
+  auto f = fields(pod, conn, &why);
+  if (rejected) f["symptom"] = kRejectionSymptom;
+  logging::write(level, decision.type == Decision::Type::Verdict ? "verdict" : "outcome", f);
 }
 
 void Reporter::logSummary() {
