@@ -35,10 +35,13 @@ struct owner {
 	char comm[CW_COMM_LEN];
 };
 
-/* Active sockets of watched netns, from CLOSE->SYN_SENT until CLOSE.
- * LRU: a socket whose CLOSE we never see cannot leak an entry forever. */
+/* Active sockets of watched netns, from CLOSE->SYN_SENT until CLOSE. Every
+ * TCP socket passes through CLOSE (a timewait one at tcp_done), where its
+ * entry is deleted. A plain hash, not an LRU one: when it is full, a new
+ * socket's insert fails and is counted (the connection is then counted as
+ * lost), instead of silently evicting the entry of a connection still open. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct owner);
@@ -154,8 +157,11 @@ static __always_inline void record_owner(const struct sock *sk)
 	o.gid = uid_gid >> 32;
 	o.netns = netns;
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
-	if (bpf_map_update_elem(&owners, &key, &o, BPF_ANY))
+	if (bpf_map_update_elem(&owners, &key, &o, BPF_ANY)) {
+		/* Map full: this connection will emit nothing. */
 		count(CW_CNT_OWNER_INSERT_FAIL);
+		count(CW_CNT_LOST_ACTIVE);
+	}
 }
 
 SEC("raw_tp/inet_sock_set_state")

@@ -55,8 +55,9 @@ enum cw_counter {
 	CW_CNT_RINGBUF_LOST = 0,    /* bpf_ringbuf_reserve failed: event dropped */
 	CW_CNT_OWNER_INSERT_FAIL,   /* owner map update failed */
 	CW_CNT_EVENTS,              /* records submitted */
-	CW_CNT_LOST_ACTIVE,         /* of the lost: an app connection's established or
-	                             * failed record (a connection not seen at all) */
+	CW_CNT_LOST_ACTIVE,         /* app connections not seen at all: their established
+	                             * or failed record was lost, or their owner could
+	                             * not be recorded (owner map full) */
 	CW_CNT_LOST_PASSIVE,        /* of the lost: an accept on the redirect port (its
 	                             * connection cannot be told captured) */
 	CW_CNT_MAX,

@@ -1,6 +1,12 @@
 // The BPF probe against the real kernel: the netns filter, the records'
 // fields, and exact accounting of ring-buffer losses.
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <vector>
@@ -124,6 +130,54 @@ TEST_F(ProbeTest, RingBufferLossesAreCountedExactly) {
   EXPECT_GT(c.ringbuf_lost, 0u);
   EXPECT_EQ(rec.events.size() + c.ringbuf_lost, static_cast<size_t>(3 * n));
   EXPECT_EQ(c.submitted, rec.events.size());
+  // By kind: every connection's own record and every accept is either read
+  // or counted as lost.
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished) + static_cast<int>(c.lost_active), n);
+  EXPECT_EQ(countKind(rec.events, EventKind::PassiveEstablished) + static_cast<int>(c.lost_passive),
+            n);
+}
+
+// The owner map is bounded: with room for 8 sockets and 12 held open at once,
+// the 4 that do not fit are counted (insert failed, connection lost) and emit
+// nothing; the 8 that fit are reported. No entry is evicted silently.
+TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
+  ScopedNetns ns("cw-test-probe-o");
+  Recorder rec;
+  ProbeOptions opts;
+  opts.max_tracked_sockets = 8;
+  auto probe = Probe::open(opts, rec.handler());
+  probe->watchNetns(netnsInode(ns.path()), 1);
+
+  constexpr int kHeld = 12;
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int nsfd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) != 0) _exit(10);
+    int l = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(15994);
+    if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(l, 64) != 0) _exit(11);
+    std::vector<int> held;
+    for (int i = 0; i < kHeld; ++i) {
+      int c = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(12);
+      held.push_back(c);  // all open at once
+    }
+    for (int c : held) ::close(c);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  drain(*probe);
+  auto c = probe->counters();
+  EXPECT_EQ(c.owner_insert_failed, 4u);
+  EXPECT_EQ(c.lost_active, 4u);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 8);
+  EXPECT_EQ(c.ringbuf_lost, 0u);
 }
 
 TEST_F(ProbeTest, BadRingBufferSizeIsRejectedBeforeLoading) {
