@@ -200,40 +200,55 @@ std::vector<std::string> leftoverNetns() {
   return out;
 }
 
+// The lab pod of these tests, with a plain listener in the upstream netns that
+// holds connections open (the bypassed ones' destination), and the app's
+// spawn options as uid 1000 and as the proxy's uid.
+struct ScanLab {
+  std::unique_ptr<lab::LabPod> pod;
+  lab::ChildProcess plain;  // declared after the pod: destroyed (SIGKILL, reaped) before it
+  lab::SpawnOptions app, app_as_proxy_uid;
+};
+
+void makeScanLab(ScanLab& lab) {
+  lab::PodConfig config;
+  config.prefix = "cw-test-scan";
+  config.cgroup_prefix = "cw-test-scan";
+  config.server_lifetime = 120s;
+  lab.pod = lab::LabPod::create(config);
+  lab.pod->startUpstream();
+  lab.pod->startSidecar();
+  lab.plain = lab::spawnInPod(inNetns("cw-plain", lab.pod->upstreamNetnsPath()), [](int fd) {
+    holdingServerRole(Endpoint{Address::parse("::").value(), kPlainPort}, kHold, fd);
+  });
+  ASSERT_NO_FATAL_FAILURE(expectReady(lab.plain, "plain listener"));
+  lab.app = lab::SpawnOptions{.name = "envoy",
+                              .cgroup_dir = lab.pod->appCgroup(),
+                              .netns_path = lab.pod->podNetnsPath(),
+                              .uid = 1000,
+                              .gid = 1000};
+  lab.app_as_proxy_uid = lab.app;
+  lab.app_as_proxy_uid.uid = 1337;
+  lab.app_as_proxy_uid.gid = 1337;
+}
+
 TEST(StartupScanBpf, ClassifiesConnectionsAlreadyOpen) {
   ASSERT_TRUE(testutil::isRoot()) << "privileged test: run as root";
   const uint64_t own_netns = inodeOf("/proc/thread-self/ns/net");
   {
-    lab::PodConfig config;
-    config.prefix = "cw-test-scan";
-    config.cgroup_prefix = "cw-test-scan";
-    config.server_lifetime = 120s;
-    auto pod = lab::LabPod::create(config);
-    pod->startUpstream();
-    pod->startSidecar();
+    ScanLab scan_lab;
+    ASSERT_NO_FATAL_FAILURE(makeScanLab(scan_lab));
+    auto& pod = scan_lab.pod;
+    const lab::PodConfig& config = pod->config();
     const uint64_t app_cg = lab::cgroupId(pod->appCgroup());
     const uint64_t sidecar_cg = lab::cgroupId(pod->sidecarCgroup());
-
-    // Declared after the pod: destroyed (SIGKILL, reaped) before it.
-    lab::ChildProcess plain =
-        lab::spawnInPod(inNetns("cw-plain", pod->upstreamNetnsPath()), [](int fd) {
-          holdingServerRole(Endpoint{Address::parse("::").value(), kPlainPort}, kHold, fd);
-        });
-    ASSERT_NO_FATAL_FAILURE(expectReady(plain, "plain listener"));
     const Endpoint loopback_dst{Address::parse("127.0.0.1").value(), kLoopbackPort};
     lab::ChildProcess loopback_server =
         lab::spawnInPod(inNetns("cw-loopback", pod->podNetnsPath()),
                         [&](int fd) { holdingServerRole(loopback_dst, kHold, fd); });
     ASSERT_NO_FATAL_FAILURE(expectReady(loopback_server, "loopback listener"));
 
-    const lab::SpawnOptions app{.name = "envoy",
-                                .cgroup_dir = pod->appCgroup(),
-                                .netns_path = pod->podNetnsPath(),
-                                .uid = 1000,
-                                .gid = 1000};
-    lab::SpawnOptions app_as_proxy_uid = app;
-    app_as_proxy_uid.uid = 1337;
-    app_as_proxy_uid.gid = 1337;
+    const lab::SpawnOptions& app = scan_lab.app;
+    const lab::SpawnOptions& app_as_proxy_uid = scan_lab.app_as_proxy_uid;
     const Endpoint up4 = pod->upstreamV4(), up6 = pod->upstreamV6();
     const Endpoint plain_dst{pod->upstreamV4().addr, kPlainPort};
 
@@ -419,27 +434,12 @@ std::vector<json> linesFrom(const std::vector<json>& lines, const Endpoint& src)
 TEST(StartupScanBpf, AgentKilledAndRestartedDuringAStormLeavesNoBlindSpot) {
   ASSERT_TRUE(testutil::isRoot()) << "privileged test: run as root";
   {
-    lab::PodConfig config;
-    config.prefix = "cw-test-scan";
-    config.cgroup_prefix = "cw-test-scan";
-    config.server_lifetime = 120s;
-    auto pod = lab::LabPod::create(config);
-    pod->startUpstream();
-    pod->startSidecar();
-    lab::ChildProcess plain =
-        lab::spawnInPod(inNetns("cw-plain", pod->upstreamNetnsPath()), [](int fd) {
-          holdingServerRole(Endpoint{Address::parse("::").value(), kPlainPort}, kHold, fd);
-        });
-    ASSERT_NO_FATAL_FAILURE(expectReady(plain, "plain listener"));
+    ScanLab scan_lab;
+    ASSERT_NO_FATAL_FAILURE(makeScanLab(scan_lab));
+    auto& pod = scan_lab.pod;
 
-    const lab::SpawnOptions app{.name = "envoy",
-                                .cgroup_dir = pod->appCgroup(),
-                                .netns_path = pod->podNetnsPath(),
-                                .uid = 1000,
-                                .gid = 1000};
-    lab::SpawnOptions app_as_proxy_uid = app;
-    app_as_proxy_uid.uid = 1337;
-    app_as_proxy_uid.gid = 1337;
+    const lab::SpawnOptions& app = scan_lab.app;
+    const lab::SpawnOptions& app_as_proxy_uid = scan_lab.app_as_proxy_uid;
     const Endpoint up4 = pod->upstreamV4();
     const Endpoint plain_dst{pod->upstreamV4().addr, kPlainPort};
 

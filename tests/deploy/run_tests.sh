@@ -32,48 +32,8 @@ KUBECTL=${KUBECTL:-kubectl}
 NODE=${NODE:-node}
 NPM=${NPM:-npm}
 
-passed=0
-failed=0
-failures=()
-
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/cw-deploy-tests.XXXXXX") || { echo "cannot create a temp dir" >&2; exit 1; }
-trap 'rm -rf "$TMP"' EXIT
-
-pass() { passed=$((passed + 1)); echo "PASS  $1"; }
-fail() {
-  failed=$((failed + 1)); failures+=("$1"); echo "FAIL  $1"
-  [ -s "$2" ] && sed 's/^/      /' "$2"
-  return 0
-}
-
-# check NAME COMMAND...: passes when COMMAND exits 0; its output is shown on failure.
-check() {
-  local name=$1; shift
-  local log="$TMP/log.$((passed + failed))"
-  if "$@" >"$log" 2>&1; then pass "$name"; else fail "$name" "$log"; fi
-}
-
-# must_fail NAME COMMAND...: passes when COMMAND exits non-zero (a deliberately broken input).
-must_fail() {
-  local name=$1; shift
-  local log="$TMP/log.$((passed + failed))"
-  if "$@" >"$log" 2>&1; then
-    echo "the command succeeded, so the checks do not catch this bug" >>"$log"
-    fail "$name" "$log"
-  else
-    pass "$name"
-  fi
-}
-
-finish() {
-  if [ "$failed" -ne 0 ]; then
-    echo "failed:"
-    printf '  %s\n' "${failures[@]}"
-  fi
-  echo "$passed passed, $failed failed"
-  [ "$failed" -eq 0 ]
-  exit $?
-}
+# shellcheck source=../lib/checks.sh
+source "$HERE/../lib/checks.sh" deploy
 
 # --- tools --------------------------------------------------------------------------------------
 log="$TMP/tools"
