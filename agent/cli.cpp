@@ -30,6 +30,7 @@ struct CommonRaw {
   int redirect_port = 15001;
   int grace_ms = 200;
   int ring_buffer_kb = 4096;
+  int max_tracked_sockets = 131072;
 };
 
 void addCommon(po::options_description& desc, CommonRaw& raw, const char* default_level,
@@ -50,6 +51,9 @@ void addCommon(po::options_description& desc, CommonRaw& raw, const char* defaul
        "serve Prometheus metrics on HOST:PORT at /metrics (off when not given)")
       ("ring-buffer-kb", po::value<int>(&raw.ring_buffer_kb)->default_value(4096),
        "kernel ring buffer size in KiB (a power of two, at least 4)")
+      ("max-tracked-sockets", po::value<int>(&raw.max_tracked_sockets)->default_value(131072),
+       "app sockets of watched pods tracked at once in the kernel (connections beyond it are "
+       "counted as lost)")
       ("help,h", "show this help");
 }
 
@@ -79,6 +83,11 @@ CommonOptions finishCommon(const CommonRaw& raw) {
                      std::to_string(raw.ring_buffer_kb));
   }
   c.ring_buffer_kb = static_cast<uint32_t>(raw.ring_buffer_kb);
+  if (raw.max_tracked_sockets < 1024 || raw.max_tracked_sockets > (1 << 24)) {
+    throw UsageError("--max-tracked-sockets must be between 1024 and 16777216, got " +
+                     std::to_string(raw.max_tracked_sockets));
+  }
+  c.max_tracked_sockets = static_cast<uint32_t>(raw.max_tracked_sockets);
   if (!raw.metrics_address.empty()) checkListenAddress("--metrics-address", raw.metrics_address);
   c.metrics_address = raw.metrics_address;
   return c;

@@ -29,7 +29,7 @@ class ProbeError : public std::runtime_error {
 struct ProbeOptions {
   uint16_t redirect_port = 15001;
   uint32_t ring_buffer_bytes = 4u << 20;  // power of two, >= page size
-  uint32_t max_tracked_sockets = 65536;   // owner map entries (open app sockets tracked)
+  uint32_t max_tracked_sockets = 131072;  // owner map entries (open app sockets tracked)
 };
 
 struct ProbeCounters {

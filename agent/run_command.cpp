@@ -38,6 +38,7 @@ AgentOptions agentOptionsFrom(const CommonOptions& common, uint32_t summary_inte
   AgentOptions a;
   a.probe.redirect_port = common.redirect_port;
   a.probe.ring_buffer_bytes = common.ring_buffer_kb * 1024u;
+  a.probe.max_tracked_sockets = common.max_tracked_sockets;
   a.grace_ns = static_cast<uint64_t>(common.grace_ms) * 1'000'000ull;
   a.summary_interval = std::chrono::milliseconds(summary_interval_s * 1000ull);
   a.metrics_address = common.metrics_address;

@@ -42,7 +42,7 @@ struct owner {
  * lost), instead of silently evicting the entry of a connection still open. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 131072); /* set at load: --max-tracked-sockets */
 	__type(key, __u64);
 	__type(value, struct owner);
 } owners SEC(".maps");

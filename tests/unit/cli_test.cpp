@@ -13,8 +13,9 @@ TEST(Cli, RunCollectsRepeatedFlags) {
   auto cmd = parse({"run", "--netns", "/run/netns/a", "--netns", "/proc/42/ns/net",
                     "--proxy-cgroup", "/sys/fs/cgroup/x", "--redirect-port", "15002",
                     "--grace-ms", "50", "--log-format", "json", "--log-level", "debug",
-                    "--metrics-address", "127.0.0.1:9464"});
+                    "--metrics-address", "127.0.0.1:9464", "--max-tracked-sockets", "262144"});
   auto& run = std::get<RunOptions>(cmd);
+  EXPECT_EQ(run.common.max_tracked_sockets, 262144u);
   EXPECT_EQ(run.netns_paths, (std::vector<std::string>{"/run/netns/a", "/proc/42/ns/net"}));
   EXPECT_EQ(run.proxy_cgroups, (std::vector<std::string>{"/sys/fs/cgroup/x"}));
   EXPECT_EQ(run.common.redirect_port, 15002);
@@ -32,6 +33,7 @@ TEST(Cli, RunDefaults) {
   EXPECT_EQ(run.common.log_format, logging::Format::Text);
   EXPECT_EQ(run.common.log_level, spdlog::level::info);
   EXPECT_TRUE(run.common.metrics_address.empty());
+  EXPECT_EQ(run.common.max_tracked_sockets, 131072u);
 }
 
 TEST(Cli, BadInputIsAUsageErrorNamingTheProblem) {
@@ -54,6 +56,7 @@ TEST(Cli, BadInputIsAUsageErrorNamingTheProblem) {
   expectError({"run", "--netns", "/x", "--metrics-address", "h:99999"}, "--metrics-address");
   expectError({"run", "--netns", "/x", "--grace-ms", "0"}, "--grace-ms");
   expectError({"run", "--netns", "/x", "--ring-buffer-kb", "1000"}, "--ring-buffer-kb");
+  expectError({"run", "--netns", "/x", "--max-tracked-sockets", "10"}, "--max-tracked-sockets");
   expectError({"frobnicate"}, "unknown command");
   expectError({"lab", "--duration", "0"}, "--duration");
   expectError({"lab", "--redirect-port", "15001"}, "redirect-port");
