@@ -78,19 +78,28 @@ void Correlator::onEvent(const ConnEvent& ev, std::vector<Decision>& out) {
   }
 }
 
-void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
+bool Correlator::isDuplicate(const ConnEvent& ev) {
+  // A socket cannot be established (or fail) twice: a known socket with
+  // another time is a new connection on a reused socket whose close record
+  // was lost. Only the very same record is a duplicate.
   if (auto f = followed_.find(ev.sock_id); f != followed_.end()) {
-    if (f->second.conn.established_ns == ev.ts_ns) {
-      ++stats_.duplicates;
-      return;
-    }
-    // A socket cannot be established twice: the followed connection closed
-    // and its close record was lost; the kernel reused the socket.
+    if (f->second.conn.established_ns == ev.ts_ns) return true;
     ++stats_.outcomes_lost;
     followed_order_.erase(f->second.seq);
     followed_.erase(f);
   }
-  if (pending_by_sock_.contains(ev.sock_id)) {
+  if (auto p = pending_by_sock_.find(ev.sock_id); p != pending_by_sock_.end()) {
+    auto it = pending_.find(p->second);
+    if (it != pending_.end() && it->second.established_ns == ev.ts_ns) return true;
+    // The earlier connection stays pending (its accept may still come); only
+    // its socket index goes, to the new connection.
+    pending_by_sock_.erase(p);
+  }
+  return false;
+}
+
+void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
+  if (isDuplicate(ev)) {
     ++stats_.duplicates;
     return;
   }
@@ -125,7 +134,7 @@ void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>&
 }
 
 void Correlator::onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out) {
-  if (pending_by_sock_.contains(ev.sock_id) || followed_.contains(ev.sock_id)) {
+  if (isDuplicate(ev)) {
     ++stats_.duplicates;
     return;
   }

@@ -99,6 +99,9 @@ class Correlator {
   }
   static Connection connectionOf(const ConnEvent& ev);
 
+  // True for a record seen already; unlinks the entries of an earlier
+  // connection on the same (reused) socket otherwise.
+  bool isDuplicate(const ConnEvent& ev);
   void onActiveEstablished(const ConnEvent& ev, std::vector<Decision>& out);
   void onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out);
   void onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>& out);

@@ -691,7 +691,13 @@ TEST_F(KubernetesTest, SoakPodsComeAndGoWhileConnectionsChurn) {
   std::printf("[soak] %d cycles in %d s:%s\n", cycle, seconds, series.c_str());
   ASSERT_GE(use.size(), 2u);
   const size_t mid = use.size() / 2;
+#if defined(__SANITIZE_ADDRESS__)
+  // AddressSanitizer keeps freed memory in quarantine (up to 256 MiB), so RSS
+  // grows by design there; LeakSanitizer checks leaks at the agent's exit.
+  std::printf("[soak] RSS not checked under AddressSanitizer\n");
+#else
   EXPECT_LT(use.back().rss_kib - use[mid].rss_kib, 2048) << series;
+#endif
   // A descriptor or two come and go with in-flight work (a scrape being served).
   long max_fds = 0;
   for (size_t i = mid; i < use.size(); ++i) max_fds = std::max(max_fds, use[i].fds);

@@ -407,12 +407,28 @@ TEST_F(CorrelatorTest, FailedConnectOfProxyOrToLocalIsNotBypassed) {
 TEST_F(CorrelatorTest, DuplicateActiveWhilePendingIsCountedNotReported) {
   EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
   EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
-  EXPECT_TRUE(feed(connectFailed(1, kT0 + 1, 40000)).empty());
+  EXPECT_TRUE(feed(connectFailed(1, kT0, 40000)).empty());
   EXPECT_EQ(correlator_.stats().duplicates, 2U);
   EXPECT_EQ(correlator_.pendingConnections(), 1U);
 
   expectVerdict(expire(kT0 + kGrace), Verdict::Bypassed, Outcome::Open, 1, kT0 + kGrace);
   EXPECT_TRUE(expire(kT0 + 3 * kGrace).empty());
+}
+
+// The close of a pending connection was lost (ring buffer full) and the
+// kernel reused its socket at once: the new record is a new connection, not a
+// duplicate, and both get their verdict. Found by the tiny-ring-buffer test,
+// where such records went uncounted.
+TEST_F(CorrelatorTest, ReusedSocketOfAPendingConnectionWhoseCloseWasLostIsANewConnection) {
+  EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
+  EXPECT_TRUE(feed(connected(1, kT0 + 10, 40001)).empty());
+  expectVerdict(feed(accepted(kT0 + 20, 40001)), Verdict::Captured, Outcome::Open, 1, kT0 + 20);
+  auto failed = feed(connectFailed(1, kT0 + 30, 40002));
+  ASSERT_EQ(failed.size(), 1U);
+  EXPECT_EQ(failed[0].conn.outcome, Outcome::Failed);
+  EXPECT_EQ(correlator_.stats().duplicates, 0U);
+  expectVerdict(expire(kT0 + kGrace), Verdict::Bypassed, Outcome::Open, 1, kT0 + kGrace);
+  EXPECT_EQ(correlator_.pendingConnections(), 0U);
 }
 
 TEST_F(CorrelatorTest, DuplicateActiveWhileFollowedIsCountedNotReported) {
