@@ -200,8 +200,7 @@ TEST_F(AgentTest, ReportsEveryVerdictExactlyOverIPv4AndIPv6) {
   EXPECT_EQ(summaries.back()["captured"], 2 * kN);
   EXPECT_EQ(summaries.back()["bypassed"], kN);
   EXPECT_DOUBLE_EQ(summaries.back()["capture_rate"].get<double>(), 2.0 / 3.0);
-  auto progs = testutil::loadedBpfProgramNames();
-  EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0);
+  EXPECT_EQ(testutil::agentProgramsLoaded(), 0);
 }
 
 TEST_F(AgentTest, BadFlagsFailWithOneLineAndLeaveNothingLoaded) {
@@ -227,8 +226,7 @@ TEST_F(AgentTest, BadFlagsFailWithOneLineAndLeaveNothingLoaded) {
     EXPECT_NE(err.find(c.needle), std::string::npos) << err;
     EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << "one line: " << err;
   }
-  auto progs = testutil::loadedBpfProgramNames();
-  EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0);
+  EXPECT_EQ(testutil::agentProgramsLoaded(), 0);
 }
 
 TEST_F(AgentTest, MetricsPortTakenIsAClearErrorBeforeAnythingLoads) {
@@ -376,8 +374,7 @@ TEST_F(AgentTest, MissingKernelFeatureOrPrivilegeIsAClearError) {
   EXPECT_NE(err.find("missing capabilities CAP_BPF, CAP_PERFMON (or CAP_SYS_ADMIN)"),
             std::string::npos)
       << err;
-  auto progs = testutil::loadedBpfProgramNames();
-  EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0);
+  EXPECT_EQ(testutil::agentProgramsLoaded(), 0);
 }
 
 // /readyz answers 503 while the BPF programs are not attached. The agent's
@@ -447,8 +444,7 @@ TEST_F(AgentTest, NotReadyWhileTheBpfProgramsAreNotAttached) {
   EXPECT_TRUE(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 1) << wstatus;
   unlink(fifo.c_str());
   rmdir(dir.c_str());
-  auto progs = testutil::loadedBpfProgramNames();
-  EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0);
+  EXPECT_EQ(testutil::agentProgramsLoaded(), 0);
 }
 
 }  // namespace

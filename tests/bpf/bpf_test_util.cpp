@@ -240,6 +240,16 @@ void AgentProcess::killHard() {
   pid_ = -1;
 }
 
+int agentProgramsLoaded(std::chrono::milliseconds settle) {
+  const auto deadline = std::chrono::steady_clock::now() + settle;
+  while (true) {
+    auto progs = loadedBpfProgramNames();
+    const int n = static_cast<int>(std::count(progs.begin(), progs.end(), "cw_set_state"));
+    if (n == 0 || std::chrono::steady_clock::now() >= deadline) return n;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 ScopedNetns::ScopedNetns(const std::string& name) : name_(name) {
   runArgv({"ip", "netns", "del", name_});  // a leftover of an interrupted run
   if (runArgv({"ip", "netns", "add", name_}) != 0) {

@@ -101,4 +101,9 @@ int loopbackConnections(const std::string& netns_path, int n, bool ipv6, uint16_
 // ours is left attached.
 std::vector<std::string> loadedBpfProgramNames();
 
+// How many of the agent's programs (cw_set_state) are loaded, once the kernel
+// has had up to `settle` to free those of processes that just exited (it
+// frees a program after its last reference goes, not at once).
+int agentProgramsLoaded(std::chrono::milliseconds settle = std::chrono::seconds(3));
+
 }  // namespace cw::testutil

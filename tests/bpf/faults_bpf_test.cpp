@@ -167,8 +167,7 @@ TEST(Faults, SigtermDuringAStormDetachesCleanlyWithAFinalSummary) {
   ASSERT_FALSE(summaries.empty()) << "no final summary";
   EXPECT_GE(summaries.back().value("captured", 0u), before.size());
   EXPECT_FALSE(select(lines, msgIs("stopped")).empty());
-  auto progs = testutil::loadedBpfProgramNames();
-  EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0) << "detached";
+  EXPECT_EQ(testutil::agentProgramsLoaded(), 0) << "detached";
 }
 
 }  // namespace

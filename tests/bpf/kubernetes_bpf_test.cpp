@@ -706,8 +706,7 @@ TEST_F(KubernetesTest, SoakPodsComeAndGoWhileConnectionsChurn) {
 
   const std::string out = agent_->stdoutText();
   EXPECT_EQ(agent_->stop(), 0) << agent_->stderrText() << out.substr(out.size() > 3000 ? out.size() - 3000 : 0);
-  auto progs = testutil::loadedBpfProgramNames();
-  EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0);
+  EXPECT_EQ(testutil::agentProgramsLoaded(), 0);
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator("/run/netns", ec)) {
     EXPECT_NE(e.path().filename().string().rfind("cw-k8s-", 0), 0u)

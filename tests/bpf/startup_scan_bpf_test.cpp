@@ -568,8 +568,7 @@ TEST(StartupScanBpf, AgentKilledAndRestartedDuringAStormLeavesNoBlindSpot) {
       EXPECT_EQ(j.value("bypassed", 0u), phase2 / 2) << j.dump();
     }
     EXPECT_TRUE(counted);
-    auto progs = testutil::loadedBpfProgramNames();
-    EXPECT_EQ(std::count(progs.begin(), progs.end(), "cw_set_state"), 0)
+    EXPECT_EQ(testutil::agentProgramsLoaded(), 0)
         << "a killed agent leaves nothing attached";
   }
   EXPECT_TRUE(leftoverNetns().empty());
