@@ -145,14 +145,17 @@ int Probe::drain() {
 }
 
 uint64_t Probe::sumCounter(uint32_t idx) const {
-  int ncpu = libbpf_num_possible_cpus();
-  std::vector<uint64_t> values(static_cast<size_t>(ncpu > 0 ? ncpu : 1));
-  if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof idx, values.data(),
-                           values.size() * sizeof(uint64_t), 0) != 0) {
+  // Read on every poll (lost accepts): the per-CPU buffer is kept, not allocated.
+  if (counter_values_.empty()) {
+    const int ncpu = libbpf_num_possible_cpus();
+    counter_values_.resize(static_cast<size_t>(ncpu > 0 ? ncpu : 1));
+  }
+  if (bpf_map__lookup_elem(skel_->maps.counters, &idx, sizeof idx, counter_values_.data(),
+                           counter_values_.size() * sizeof(uint64_t), 0) != 0) {
     return 0;
   }
   uint64_t total = 0;
-  for (uint64_t v : values) total += v;
+  for (uint64_t v : counter_values_) total += v;
   return total;
 }
 

@@ -10,6 +10,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 extern "C" {
 #include "capture.h"
@@ -68,6 +69,7 @@ class Probe {
 
  private:
   uint64_t sumCounter(uint32_t idx) const;  // a per-CPU counter, summed
+  mutable std::vector<uint64_t> counter_values_;  // one per possible CPU
   Probe() = default;
   static int onRecord(void* ctx, void* data, size_t size);
 

@@ -30,6 +30,22 @@
 
 namespace cw::lab {
 
+socklen_t toSockaddr(const Endpoint& ep, sockaddr_storage& ss) {
+  std::memset(&ss, 0, sizeof ss);
+  if (ep.addr.isV4()) {
+    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(ep.port);
+    std::memcpy(&sin->sin_addr, ep.addr.bytes.data() + 12, 4);
+    return sizeof *sin;
+  }
+  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  sin6->sin6_family = AF_INET6;
+  sin6->sin6_port = htons(ep.port);
+  std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
+  return sizeof *sin6;
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -147,21 +163,6 @@ void resetAndClose(UniqueFd& fd) {
   fd.reset();
 }
 
-socklen_t toSockaddr(const Endpoint& ep, sockaddr_storage& ss) {
-  std::memset(&ss, 0, sizeof ss);
-  if (ep.addr.isV4()) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(ep.port);
-    std::memcpy(&sin->sin_addr, ep.addr.bytes.data() + 12, 4);
-    return sizeof *sin;
-  }
-  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  sin6->sin6_family = AF_INET6;
-  sin6->sin6_port = htons(ep.port);
-  std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
-  return sizeof *sin6;
-}
 
 uint16_t localPort(int fd) {
   sockaddr_storage ss{};

@@ -4,6 +4,8 @@
 // frames of spawn.h. Used by LabPod; exposed for tests and custom labs.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -12,6 +14,10 @@
 #include "event.h"
 
 namespace cw::lab {
+
+// ep as a sockaddr_in (IPv4, from its v4-mapped form) or sockaddr_in6 in ss;
+// returns the length to pass to bind()/connect().
+socklen_t toSockaddr(const Endpoint& ep, sockaddr_storage& ss);
 
 // Strict-mTLS upstream: listens on [::]:port (dual-stack). A connection whose
 // first byte (waited for up to 2 s) is a TLS handshake record (0x16) gets a TLS

@@ -54,6 +54,7 @@
 #include <vector>
 
 #include "bpf_test_util.h"
+#include "lab/roles.h"
 #include "lab/spawn.h"
 #include "lab/system.h"
 #include "pod_rules.h"
@@ -339,19 +340,7 @@ std::string outInterface(const Address& dst) {
 
 // socket address <-> Endpoint.
 socklen_t toSockaddr(const Address& a, uint16_t port, sockaddr_storage& ss) {
-  std::memset(&ss, 0, sizeof ss);
-  if (a.isV4()) {
-    auto* s4 = reinterpret_cast<sockaddr_in*>(&ss);
-    s4->sin_family = AF_INET;
-    s4->sin_port = htons(port);
-    std::memcpy(&s4->sin_addr, a.bytes.data() + 12, 4);
-    return sizeof *s4;
-  }
-  auto* s6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  s6->sin6_family = AF_INET6;
-  s6->sin6_port = htons(port);
-  std::memcpy(&s6->sin6_addr, a.bytes.data(), 16);
-  return sizeof *s6;
+  return lab::toSockaddr(Endpoint{a, port}, ss);
 }
 
 Endpoint fromSockaddr(const sockaddr_storage& ss) {

@@ -29,6 +29,7 @@
 
 #include "bpf_test_util.h"
 #include "lab/lab_pod.h"
+#include "lab/roles.h"
 #include "lab/spawn.h"
 #include "lab/system.h"
 
@@ -42,21 +43,7 @@ constexpr uint16_t kPlainPort = 32001;     // a plain listener in the upstream n
 constexpr uint16_t kLoopbackPort = 15080;  // a plain listener on the pod's loopback
 constexpr auto kHold = 90s;                // children give up by themselves after this long
 
-socklen_t toSockaddr(const Endpoint& ep, sockaddr_storage& ss) {
-  std::memset(&ss, 0, sizeof ss);
-  if (ep.addr.isV4()) {
-    auto* sin = reinterpret_cast<sockaddr_in*>(&ss);
-    sin->sin_family = AF_INET;
-    sin->sin_port = htons(ep.port);
-    std::memcpy(&sin->sin_addr, ep.addr.bytes.data() + 12, 4);
-    return sizeof *sin;
-  }
-  auto* sin6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  sin6->sin6_family = AF_INET6;
-  sin6->sin6_port = htons(ep.port);
-  std::memcpy(&sin6->sin6_addr, ep.addr.bytes.data(), 16);
-  return sizeof *sin6;
-}
+using lab::toSockaddr;
 
 // Child role: listen on `on` and hold every accepted connection open (never
 // reading, never closing) until `lifetime` has passed.

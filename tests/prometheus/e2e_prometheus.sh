@@ -101,16 +101,19 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Two free loopback ports (held open together so they differ).
-read -r AGENT_PORT PROM_PORT < <("$PY" -c '
+# Two free loopback ports (held open together so they differ): AGENT_PORT, PROM_PORT.
+pick_ports() {
+  read -r AGENT_PORT PROM_PORT < <("$PY" -c '
 import socket
 s = [socket.socket() for _ in range(2)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])
 for x in s: x.close()
 ') || die "cannot find free ports"
-PROM=http://127.0.0.1:$PROM_PORT
-AGENT=http://127.0.0.1:$AGENT_PORT
+  PROM=http://127.0.0.1:$PROM_PORT
+  AGENT=http://127.0.0.1:$AGENT_PORT
+}
+pick_ports
 
 # The rules exactly as shipped: the groups of the PrometheusRule.
 "$PY" "$HERE/extract_rules.py" "$ROOT/deploy/monitoring/prometheusrule.yaml" "$TMP/rules.yml" \
@@ -224,15 +227,7 @@ say "PASS the lab ended with status 0"
 # --- the negative case: a pod whose capture is complete raises no gap alert ----------------------
 stop "$PROM_PID" TERM 10
 PROM_PID=
-read -r AGENT_PORT PROM_PORT < <("$PY" -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])
-for x in s: x.close()
-') || die "cannot find free ports"
-PROM=http://127.0.0.1:$PROM_PORT
-AGENT=http://127.0.0.1:$AGENT_PORT
+pick_ports
 sed -e "s|127.0.0.1:[0-9]*\"\]|127.0.0.1:$AGENT_PORT\"]|" "$TMP/prometheus.yml" >"$TMP/prometheus2.yml"
 "$PROMETHEUS" --config.file="$TMP/prometheus2.yml" \
   --storage.tsdb.path="$TMP/data2" \
