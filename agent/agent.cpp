@@ -264,8 +264,10 @@ void Agent::run(const std::atomic<bool>& stop,
   // read instead of waking up for (nearly) every record. The kernel only
   // wakes a reader that has caught up, so under load this turns one wakeup
   // per record into one per batch; it adds at most `batch` to a verdict's
-  // latency. 5 ms with the default 200 ms grace window.
-  const auto batch = std::chrono::microseconds(std::min<uint64_t>(options_.grace_ns / 40'000, 5'000));
+  // latency. 20 ms with the default 200 ms grace window: on a saturated
+  // two-core node, waking every 5 ms left the storm's CPUs idle ~8% of the
+  // time (scheduler churn), 20 ms almost never (bench, README Performance).
+  const auto batch = std::chrono::microseconds(std::min<uint64_t>(options_.grace_ns / 10'000, 20'000));
 
   while (!stop.load() && (!deadline || Clock::now() < *deadline)) {
     runPosted();

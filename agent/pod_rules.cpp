@@ -316,12 +316,55 @@ std::pair<int, int> CaptureExplainer::refresh(uint64_t now_ns, uint64_t max_age_
   return {ok, failed};
 }
 
-rules::Explanation CaptureExplainer::explainWith(Snapshot& s, bool ipv6,
-                                                 const rules::Connection& rc) const {
+size_t CaptureExplainer::MemoKeyHash::operator()(const MemoKey& k) const noexcept {
+  uint64_t h = (uint64_t{k.uid} << 32) | k.gid;
+  auto add = [&h](uint64_t v) { h = (h ^ v) * 0x9e3779b97f4a7c15ULL + (h >> 29); };
+  for (const Endpoint* e : {&k.src, &k.dst}) {
+    uint64_t hi, lo;
+    std::memcpy(&hi, e->addr.bytes.data(), sizeof hi);
+    std::memcpy(&lo, e->addr.bytes.data() + 8, sizeof lo);
+    add(hi);
+    add(lo);
+    add(e->port);
+  }
+  return static_cast<size_t>(h ^ std::hash<std::string>{}(k.out_interface));
+}
+
+namespace {
+
+bool usesSourcePort(const rules::RuleSet& rs) {
+  for (const auto& table : rs.tables) {
+    for (const auto& chain : table.chains) {
+      for (const auto& rule : chain.rules) {
+        for (const auto& m : rule.matches) {
+          if (m.kind == rules::MatchKind::SourcePort) return true;
+        }
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+const CaptureExplainer::Brief& CaptureExplainer::explainWith(Snapshot& s, bool ipv6,
+                                                             const rules::Connection& rc) const {
   const rules::RuleSet& rs = *s.rules->forFamily(ipv6);
-  auto& policy = s.policy[ipv6 ? 1 : 0];
-  if (!policy) policy = std::make_shared<const rules::Policy>(rules::summarise(rs));
-  return rules::explain(rules::Evaluator(rs), *policy, rc, redirect_port_);
+  const int f = ipv6 ? 1 : 0;
+  auto& policy = s.policy[f];
+  if (!policy) {
+    policy = std::make_shared<const rules::Policy>(rules::summarise(rs));
+    s.uses_source_port[f] = usesSourcePort(rs);
+  }
+  MemoKey key{rc.uid, rc.gid, rc.src, rc.dst, rc.out_interface};
+  if (!s.uses_source_port[f]) key.src.port = 0;
+  auto& memo = s.memo[f];
+  if (auto it = memo.find(key); it != memo.end()) return it->second;
+  if (memo.size() >= kMemoEntries) memo.clear();
+  rules::Explanation e = rules::explain(rules::Evaluator(rs), *policy, rc, redirect_port_);
+  return memo
+      .emplace(std::move(key), Brief{e.captured, e.reason, std::move(e.rule), std::move(e.remedy)})
+      .first->second;
 }
 
 bool CaptureExplainer::explainedByLastRead(Target& t, const Connection& conn) {
@@ -364,7 +407,7 @@ Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
   }
 
   const rules::Connection rc = ruleConnection(t, conn);
-  rules::Explanation e = explainWith(t.history.back(), ipv6, rc);
+  const Brief& e = explainWith(t.history.back(), ipv6, rc);
   if (!e.captured) return Why{reasonLabel(e.reason), e.rule, e.remedy};
 
   // The rules capture this connection now. If an earlier read had rules

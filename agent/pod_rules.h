@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <unordered_map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,16 +82,45 @@ class CaptureExplainer {
   static constexpr size_t kHistory = 8;
 
  private:
+  // What explaining one connection against one snapshot found.
+  struct Brief {
+    bool captured = false;
+    rules::Reason reason = rules::Reason::None;
+    std::string rule;
+    std::string remedy;
+  };
+  // The fields of a rules::Connection the agent varies (protocol is TCP and
+  // the mark 0 for every connection it explains).
+  struct MemoKey {
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    Endpoint src;
+    Endpoint dst;
+    std::string out_interface;
+    friend bool operator==(const MemoKey&, const MemoKey&) = default;
+  };
+  struct MemoKeyHash {
+    size_t operator()(const MemoKey& k) const noexcept;
+  };
   struct Snapshot {
     uint64_t read_ns = 0;
     std::shared_ptr<const PodRules> rules;
     // summarise() of each family's rules (v4, v6), computed on first use:
     // explaining a connection then only evaluates it.
     std::shared_ptr<const rules::Policy> policy[2];
+    // Whether the family's rules match on the source port: if not, it is
+    // left out of the memo key (each connection has its own).
+    bool uses_source_port[2] = {true, true};
+    // Explanations already computed against these rules. A storm of
+    // bypassed connections repeats a few (uid, destination) pairs: each
+    // costs one hash lookup, not a walk of the rules. Bounded (cleared when
+    // full); a new snapshot starts empty.
+    std::unordered_map<MemoKey, Brief, MemoKeyHash> memo[2];
   };
+  static constexpr size_t kMemoEntries = 4096;
   // rules::explain with the snapshot's summary of that family's rules
-  // (which must exist).
-  rules::Explanation explainWith(Snapshot& s, bool ipv6, const rules::Connection& rc) const;
+  // (which must exist), memoised.
+  const Brief& explainWith(Snapshot& s, bool ipv6, const rules::Connection& rc) const;
   struct Target {
     std::string netns_path;
     std::vector<Snapshot> history;  // one entry per change, oldest first

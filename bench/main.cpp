@@ -734,6 +734,11 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         agent.emplace(o.agent, agentArgs(bp, o, port),
                       work_dir + "/agent-round" + std::to_string(round) + ".log", port);
         agent->waitReady(20s);
+      } else {
+        // The kernel frees a stopped agent's programs a little later: an off
+        // phase measured meanwhile would still pay for them.
+        const auto until = Clock::now() + 5s;
+        while (foreignBpfPrograms({}) > 0 && Clock::now() < until) sleepFor(50ms);
       }
       for (const auto& name : o.paths) {
         checkInterrupted();

@@ -2,12 +2,16 @@
 /* capturewatch: observe outbound TCP connections of watched network
  * namespaces and the sidecar's accepts on the redirect port.
  *
- * Raw tracepoints only (no kprobes, no fentry, no tracefs needed):
+ * BTF-typed raw tracepoints only (tp_btf: no kprobes, no fentry trampoline,
+ * no tracefs needed):
  *   sock/inet_sock_set_state (sk, oldstate, newstate)
  *   tcp/tcp_receive_reset    (sk)
  *
- * Filtering happens here: a socket whose netns is not in watched_netns
- * costs one hash lookup at connect() and nothing after. */
+ * The programs run for every TCP state change on the node, so the common
+ * path is kept short: the socket is read with plain loads (tp_btf gives a
+ * typed pointer; no bpf_probe_read_kernel call per field), and a socket
+ * whose netns is not in watched_netns costs one hash lookup at connect()
+ * and one per later state change. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
@@ -76,7 +80,7 @@ static __always_inline void count(__u32 idx)
 
 static __always_inline __u32 sk_netns(const struct sock *sk)
 {
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return sk->__sk_common.skc_net.net->ns.inum;
 }
 
 static __always_inline bool netns_watched(__u32 netns)
@@ -86,18 +90,20 @@ static __always_inline bool netns_watched(__u32 netns)
 
 static __always_inline void fill_addrs(struct cw_event *e, const struct sock *sk)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	e->family = family;
 	if (family == AF_INET) {
-		bpf_core_read(e->saddr, 4, &sk->__sk_common.skc_rcv_saddr);
-		bpf_core_read(e->daddr, 4, &sk->__sk_common.skc_daddr);
+		__u32 s4 = sk->__sk_common.skc_rcv_saddr;
+		__u32 d4 = sk->__sk_common.skc_daddr;
+		__builtin_memcpy(e->saddr, &s4, 4);
+		__builtin_memcpy(e->daddr, &d4, 4);
 	} else {
 		bpf_core_read(e->saddr, CW_ADDR_LEN, &sk->__sk_common.skc_v6_rcv_saddr);
 		bpf_core_read(e->daddr, CW_ADDR_LEN, &sk->__sk_common.skc_v6_daddr);
 	}
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->sport = sk->__sk_common.skc_num;
+	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
 /* Reserve, fill and submit one record; a failed reserve is counted. */
@@ -164,10 +170,10 @@ static __always_inline void record_owner(const struct sock *sk)
 	}
 }
 
-SEC("raw_tp/inet_sock_set_state")
-int BPF_PROG(cw_set_state, struct sock *sk, int oldstate, int newstate)
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 
 	/* connect(): process context, the owner is the current task. */
@@ -178,7 +184,7 @@ int BPF_PROG(cw_set_state, struct sock *sk, int oldstate, int newstate)
 
 	/* The sidecar accepted a connection on the redirect port. */
 	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
-		if (BPF_CORE_READ(sk, __sk_common.skc_num) != redirect_port)
+		if (sk->__sk_common.skc_num != redirect_port)
 			return 0;
 		__u32 netns = sk_netns(sk);
 		if (netns_watched(netns))
@@ -206,7 +212,7 @@ int BPF_PROG(cw_set_state, struct sock *sk, int oldstate, int newstate)
 	return 0;
 }
 
-SEC("raw_tp/tcp_receive_reset")
+SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(cw_receive_reset, struct sock *sk)
 {
 	__u64 key = (__u64)sk;
