@@ -80,7 +80,10 @@ void Agent::addTarget(const Target& target, const PodLabels& labels) {
 void Agent::scanTarget(const Target& target) {
   // The netns is watched already: a connection established from here on has
   // its events in the ring buffer. The scan sees what was open before, and
-  // possibly some of the new ones, which the drain below tells apart.
+  // possibly some of the new ones, which the events read meanwhile tell
+  // apart. The scan takes a while on a busy node (a conntrack table of
+  // 100,000s of entries, every process's fds): the ring is read between its
+  // steps, so that the other pods' events do not overflow it meanwhile.
   const PodLabels& pod = reporter_.pod(target.netns);
   logging::Fields f;
   if (!pod.namespace_.empty()) f["namespace"] = pod.namespace_;
@@ -88,9 +91,23 @@ void Agent::scanTarget(const Target& target) {
   f["netns"] = target.netns;
   std::vector<Connection> found;
   size_t sockets_seen = 0;
+  std::set<std::pair<Endpoint, Endpoint>> seen;
+  struct SeenWindow {
+    Agent& agent;
+    SeenWindow(Agent& a, std::set<std::pair<Endpoint, Endpoint>>* s, uint32_t netns) : agent(a) {
+      agent.startup_seen_ = s;
+      agent.startup_netns_ = netns;
+    }
+    ~SeenWindow() { agent.startup_seen_ = nullptr; }
+  } window(*this, &seen, target.netns);
+  auto readRing = [this] {
+    probe_->drain();
+    flushDecisions();
+  };
   try {
     const auto sockets = scanTcpSockets(target.netns_path);
     sockets_seen = sockets.size();
+    readRing();
     std::vector<ConntrackEntry> conntrack;
     try {
       conntrack = dumpConntrack(target.netns_path);
@@ -101,11 +118,13 @@ void Agent::scanTarget(const Target& target) {
       w["error"] = e.what();
       logging::warn("startup scan: conntrack unreadable, using sockets only", w);
     }
+    readRing();
     std::set<uint64_t> inodes;
     for (const auto& s : sockets) {
       if (s.state != kTcpListen && s.inode != 0) inodes.insert(s.inode);
     }
     const Owners owners = socketOwners(options_.proc_root, inodes);
+    readRing();
     ClassifyConfig config;
     config.redirect_port = options_.probe.redirect_port;
     config.proxy_cgroups.insert(correlator_.proxyCgroups().begin(),
@@ -120,12 +139,7 @@ void Agent::scanTarget(const Target& target) {
     return;
   }
 
-  std::set<std::pair<Endpoint, Endpoint>> seen;
-  startup_seen_ = &seen;
-  startup_netns_ = target.netns;
-  probe_->poll(0);
-  startup_seen_ = nullptr;
-  flushDecisions();
+  readRing();
 
   const uint64_t now = monotonicNowNs();
   std::array<uint64_t, std::size(kAllVerdicts)> by_verdict{};
@@ -268,6 +282,12 @@ void Agent::run(const std::atomic<bool>& stop,
   // two-core node, waking every 5 ms left the storm's CPUs idle ~8% of the
   // time (scheduler churn), 20 ms almost never (bench, README Performance).
   const auto batch = std::chrono::microseconds(std::min<uint64_t>(options_.grace_ns / 10'000, 20'000));
+  // Except in a burst: a read that returned an eighth of the ring's
+  // capacity is followed by the next at once, so a burst (a pod opening
+  // 100,000 connections at once) is read as it comes instead of
+  // overflowing the ring while the agent waits.
+  const int burst_records =
+      static_cast<int>(std::max<uint64_t>(64, options_.probe.ring_buffer_bytes / sizeof(cw_event) / 8));
 
   while (!stop.load() && (!deadline || Clock::now() < *deadline)) {
     runPosted();
@@ -279,7 +299,9 @@ void Agent::run(const std::atomic<bool>& stop,
       const uint64_t left_ms = deadline_ns > now_ns ? (deadline_ns - now_ns + 999'999) / 1'000'000 : 0;
       wait_ms = static_cast<int>(std::min<uint64_t>(left_ms, static_cast<uint64_t>(timeout_ms)));
     }
-    if (pollOnce(wait_ms) > 0 && batch.count() > 0) std::this_thread::sleep_for(batch);
+    if (const int n = pollOnce(wait_ms); n > 0 && n < burst_records && batch.count() > 0) {
+      std::this_thread::sleep_for(batch);
+    }
     auto now = Clock::now();
     if (now >= next_sync) {
       for (auto& fn : periodic_) fn();

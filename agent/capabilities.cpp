@@ -154,12 +154,12 @@ void requireCapabilities(const std::vector<CapabilityRequirement>& requirements)
 
 std::vector<CapabilityRequirement> runCapabilityRequirements(const RunOptions& options) {
   std::vector<CapabilityRequirement> r;
-  // bpf(2): maps (ring buffer, hash, LRU hash) need CAP_BPF; tracing programs
-  // (raw tracepoints) and their reads of kernel memory need CAP_PERFMON too.
+  // bpf(2): maps (ring buffer, hash) need CAP_BPF; tracing programs
+  // (BTF-typed raw tracepoints) and their reads of kernel memory need CAP_PERFMON too.
   // The kernel's bpf_capable() / perfmon_capable() also accept CAP_SYS_ADMIN.
   r.push_back({{CAP_BPF, CAP_PERFMON},
                {CAP_SYS_ADMIN},
-               "load and attach the BPF programs (raw tracepoints, ring buffer, maps)"});
+               "load and attach the BPF programs (tracepoints, ring buffer, maps)"});
   // setns(CLONE_NEWNET) on the rules thread and in `nsenter --net`: the rules
   // and routes are read from inside each watched network namespace.
   r.push_back({{CAP_SYS_ADMIN},

@@ -1,5 +1,5 @@
 // The kernel side of the agent: loads capture.bpf.c through its skeleton,
-// attaches the raw tracepoints, keeps the watched-netns map and reads the
+// attaches the BTF-typed raw tracepoints (tp_btf), keeps the watched-netns map and reads the
 // ring buffer. Owns every kernel object (RAII): destroying a Probe detaches
 // and frees everything, so nothing half-attached is ever left behind.
 #pragma once

@@ -85,7 +85,11 @@ int runCommand(const RunOptions& options) {
   explain_settings.rules_interval_ns = uint64_t{options.rules_interval_s} * 1'000'000'000ull;
   auto explainer = attachExplainer(agent, explain_settings);
   for (uint64_t id : proxy_cgroups) agent.addProxyCgroup(id);
+  // Not ready (/readyz) until every namespace given is watched and its
+  // startup scan done: a load started on "ready" is then seen whole.
+  agent.setTargetsSynced(false);
   for (const auto& t : targets) agent.addTarget(t, PodLabels{t.namespace_, t.name, ""});
+  agent.setTargetsSynced(true);
   // A namespace given by path can vanish (its pod or process ended, `ip netns
   // del`): stop watching it rather than keep a stale entry, once a second.
   if (!targets.empty()) {
