@@ -173,6 +173,12 @@ static __always_inline void record_owner(const struct sock *sk)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
+	/* Only these transitions matter; the others (most of a connection's
+	 * ten) return before touching any map. */
+	bool passive = oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED;
+	if (!passive && newstate != TCP_CLOSE && newstate != TCP_CLOSE_WAIT &&
+	    oldstate != TCP_SYN_SENT && !(oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT))
+		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 
@@ -183,7 +189,7 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 	}
 
 	/* The sidecar accepted a connection on the redirect port. */
-	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+	if (passive) {
 		if (sk->__sk_common.skc_num != redirect_port)
 			return 0;
 		__u32 netns = sk_netns(sk);
