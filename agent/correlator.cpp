@@ -19,7 +19,7 @@ constexpr uint64_t mix(uint64_t x) {
 
 }  // namespace
 
-size_t Correlator::JoinKeyHash::operator()(const JoinKey& k) const noexcept {
+size_t Correlator::JoinKeyHash::operator()(const JoinKey& k) const {
   uint64_t hi;
   uint64_t lo;
   std::memcpy(&hi, k.app.addr.bytes.data(), sizeof hi);

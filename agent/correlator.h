@@ -82,7 +82,7 @@ class Correlator {
     friend bool operator==(const JoinKey&, const JoinKey&) = default;
   };
   struct JoinKeyHash {
-    size_t operator()(const JoinKey& k) const noexcept;
+    size_t operator()(const JoinKey& k) const;  // not noexcept: libstdc++ then caches each node's hash (lookups and erases stop rehashing every node of a bucket)
   };
   // Position in time: (CLOCK_MONOTONIC ns, arrival number). Unique, and
   // orders entries oldest first, ties in order of arrival.

@@ -126,13 +126,12 @@ PodLabels Metrics::bounded(const PodLabels& pod) {
 }
 
 void Metrics::addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason) {
-  auto key = std::make_tuple(pod, verdict, reason);
-  auto it = connection_cache_.find(key);
+  auto it = connection_cache_.find(std::tie(pod, verdict, reason));
   if (it == connection_cache_.end()) {
     auto labels = podLabels(bounded(pod));
     labels["verdict"] = std::string(toString(verdict));
     labels["reason"] = reason;
-    it = connection_cache_.emplace(std::move(key), &connections_.Add(labels)).first;
+    it = connection_cache_.emplace(std::make_tuple(pod, verdict, reason), &connections_.Add(labels)).first;
   }
   it->second->Increment();
 }

@@ -97,7 +97,9 @@ class Metrics {
   Correlator::Stats correlator_seen_;
   std::set<PodLabels> pods_;  // pods with their own series (at most kMaxPods)
   // Cache of connection counters: the hot path avoids the family's lock.
-  std::map<std::tuple<PodLabels, Verdict, std::string>, prometheus::Counter*> connection_cache_;
+  // Transparent: a verdict looks its counter up without copying the labels.
+  std::map<std::tuple<PodLabels, Verdict, std::string>, prometheus::Counter*, std::less<>>
+      connection_cache_;
 };
 
 }  // namespace cw
