@@ -8,10 +8,11 @@
  *   tcp/tcp_receive_reset    (sk)
  *
  * The programs run for every TCP state change on the node, so the common
- * path is kept short: the socket is read with plain loads (tp_btf gives a
- * typed pointer; no bpf_probe_read_kernel call per field), and a socket
- * whose netns is not in watched_netns costs one hash lookup at connect()
- * and one per later state change. */
+ * path is kept short: the transitions that cannot concern an app socket
+ * return before any map lookup, the socket is read with plain loads (tp_btf
+ * gives a typed pointer; no bpf_probe_read_kernel call per field), and a
+ * socket whose netns is not in watched_netns costs one hash lookup at
+ * connect() and one at each of its established, close-wait and close. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
