@@ -177,8 +177,8 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 	/* Only these transitions matter; the others (most of a connection's
 	 * ten) return before touching any map. */
 	bool passive = oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED;
-	if (!passive && newstate != TCP_CLOSE && newstate != TCP_CLOSE_WAIT &&
-	    oldstate != TCP_SYN_SENT && !(oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT))
+	if (!passive && newstate != TCP_CLOSE && oldstate != TCP_SYN_SENT &&
+	    !(oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT))
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
@@ -209,10 +209,16 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
 		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0);
 		bpf_map_delete_elem(&owners, &key);
-	} else if (newstate == TCP_CLOSE_WAIT) {
-		o->flags |= CW_F_PEER_FIN;
 	} else if (newstate == TCP_CLOSE) {
-		__u64 rx = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
+		/* The peer closed first: the socket went through CLOSE_WAIT,
+		 * whose only ways out are LAST_ACK and CLOSE (read here rather
+		 * than with a lookup at CLOSE_WAIT). */
+		if (oldstate == TCP_CLOSE_WAIT || oldstate == TCP_LAST_ACK)
+			o->flags |= CW_F_PEER_FIN;
+		/* bytes_received counts the peer's FIN as one byte: a peer
+		 * that closed without a reply byte is not "data". */
+		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+		__u64 rx = BPF_CORE_READ(tp, data_segs_in) ? BPF_CORE_READ(tp, bytes_received) : 0;
 		emit(sk, CW_EV_ACTIVE_CLOSED, o->netns, o, rx);
 		bpf_map_delete_elem(&owners, &key);
 	}

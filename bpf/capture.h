@@ -29,13 +29,14 @@ enum cw_event_kind {
 /* cw_event.flags */
 #define CW_F_OWNER_KNOWN 0x01    /* owner fields were recorded at SYN_SENT */
 #define CW_F_RESET_RECEIVED 0x02 /* tcp_receive_reset fired for this socket */
-#define CW_F_PEER_FIN 0x04       /* the peer closed first (ESTABLISHED -> CLOSE_WAIT) */
+#define CW_F_PEER_FIN 0x04       /* the peer closed first (closed from CLOSE_WAIT or LAST_ACK) */
 
 struct cw_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */
 	__u64 sock_id;        /* kernel address of struct sock: opaque identity while open */
 	__u64 cgroup_id;      /* cgroup v2 id of the connecting task (0 if unknown) */
-	__u64 bytes_received; /* tcp_sock.bytes_received (CLOSED only), bytes */
+	__u64 bytes_received; /* CLOSED only: tcp_sock.bytes_received (the peer's FIN counts
+	                       * as one) if any data segment came, else 0 */
 	__u32 netns;          /* network namespace inode number */
 	__u32 pid;            /* tgid of the connecting task (0 if unknown) */
 	__u32 uid;            /* real uid of the connecting task */

@@ -15,6 +15,7 @@
 #include "event.h"
 #include "probe.h"
 #include "targets.h"
+#include "verdict.h"
 
 namespace cw {
 namespace {
@@ -178,6 +179,118 @@ TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
   EXPECT_EQ(c.lost_active, 4u);
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 8);
   EXPECT_EQ(c.ringbuf_lost, 0u);
+}
+
+// How a connection ended, as its close record tells it (the bypass outcome
+// comes from it): the peer closing first, the app closing first, data
+// received, and a reset. Each in turn, told apart by the app's port.
+TEST_F(ProbeTest, CloseRecordsTellHowTheConnectionEnded) {
+  ScopedNetns ns("cw-test-probe-c");
+  Recorder rec;
+  auto probe = Probe::open(ProbeOptions{}, rec.handler());
+  probe->watchNetns(netnsInode(ns.path()), 1);
+
+  enum Ending { kPeerFirst, kAppFirst, kData, kReset, kEndings };
+  int pipefd[2];
+  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int nsfd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) != 0) _exit(10);
+    int l = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (::bind(l, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(l, 8) != 0 ||
+        ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      _exit(11);
+    }
+    uint16_t ports[kEndings] = {};
+    auto untilEof = [](int fd) {
+      char buf[64];
+      while (::read(fd, buf, sizeof buf) > 0) {
+      }
+    };
+    for (int e = 0; e < kEndings; ++e) {
+      int c = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(12);
+      sockaddr_in local{};
+      socklen_t ll = sizeof local;
+      ::getsockname(c, reinterpret_cast<sockaddr*>(&local), &ll);
+      ports[e] = ntohs(local.sin_port);
+      int s = ::accept(l, nullptr, nullptr);
+      if (s < 0) _exit(13);
+      switch (e) {
+        case kPeerFirst:
+          ::close(s);
+          untilEof(c);
+          ::close(c);
+          break;
+        case kAppFirst:
+          ::close(c);
+          untilEof(s);
+          ::close(s);
+          break;
+        case kData:
+          if (::write(s, "hello", 5) != 5) _exit(14);
+          ::close(s);
+          untilEof(c);
+          ::close(c);
+          break;
+        case kReset: {
+          linger lg{1, 0};
+          ::setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+          ::close(s);  // RST
+          untilEof(c);
+          ::close(c);
+          break;
+        }
+      }
+    }
+    _exit(::write(pipefd[1], ports, sizeof ports) == sizeof ports ? 0 : 15);
+  }
+  ::close(pipefd[1]);
+  uint16_t ports[kEndings] = {};
+  const bool got = ::read(pipefd[0], ports, sizeof ports) == static_cast<ssize_t>(sizeof ports);
+  ::close(pipefd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(got && WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  drain(*probe);
+
+  // A close record names its socket (sock_id); its local port may already be
+  // released then. The established record has both, and the socket's next
+  // close is this connection's (the kernel reuses a freed socket's address).
+  auto closeOf = [&](uint16_t port) -> const ConnEvent* {
+    for (size_t i = 0; i < rec.events.size(); ++i) {
+      const ConnEvent& est = rec.events[i];
+      if (est.kind != EventKind::ActiveEstablished || est.src.port != port) continue;
+      for (size_t j = i + 1; j < rec.events.size(); ++j) {
+        const ConnEvent& e = rec.events[j];
+        if (e.kind == EventKind::ActiveClosed && e.sock_id == est.sock_id) return &e;
+      }
+    }
+    return nullptr;
+  };
+  const ConnEvent* peer_first = closeOf(ports[kPeerFirst]);
+  const ConnEvent* app_first = closeOf(ports[kAppFirst]);
+  const ConnEvent* data = closeOf(ports[kData]);
+  const ConnEvent* reset = closeOf(ports[kReset]);
+  ASSERT_TRUE(peer_first && app_first && data && reset)
+      << "a close record is missing (" << rec.events.size() << " records)";
+  EXPECT_EQ(outcomeFromClose(peer_first->flags, peer_first->bytes_received), Outcome::PeerClosed);
+  EXPECT_EQ(outcomeFromClose(app_first->flags, app_first->bytes_received), Outcome::Closed);
+  EXPECT_EQ(peer_first->bytes_received, 0u) << "the peer's FIN is not a reply byte";
+  EXPECT_EQ(data->bytes_received, 6u) << "5 bytes and the FIN";
+  EXPECT_EQ(outcomeFromClose(data->flags, data->bytes_received), Outcome::Data);
+  EXPECT_NE(reset->flags & CW_F_RESET_RECEIVED, 0);
+  EXPECT_EQ(outcomeFromClose(reset->flags, reset->bytes_received), Outcome::Reset);
+  // Only the ones the peer closed first carry the flag.
+  EXPECT_NE(peer_first->flags & CW_F_PEER_FIN, 0);
+  EXPECT_NE(data->flags & CW_F_PEER_FIN, 0);
+  EXPECT_EQ(app_first->flags & CW_F_PEER_FIN, 0);
 }
 
 TEST_F(ProbeTest, BadRingBufferSizeIsRejectedBeforeLoading) {
