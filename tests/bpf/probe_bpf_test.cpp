@@ -46,6 +46,24 @@ int countKind(const std::vector<ConnEvent>& evs, EventKind kind) {
                                         [&](const ConnEvent& e) { return e.kind == kind; }));
 }
 
+// In a forked child: joins the netns and listens on 127.0.0.1:port (0: any
+// port); `a` gets the listener's address. Exits the child on failure.
+int childListenInNetns(const std::string& netns_path, uint16_t port, sockaddr_in& a) {
+  int nsfd = ::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) != 0) _exit(10);
+  int l = ::socket(AF_INET, SOCK_STREAM, 0);
+  a = sockaddr_in{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  socklen_t len = sizeof a;
+  if (::bind(l, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(l, 64) != 0 ||
+      ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    _exit(11);
+  }
+  return l;
+}
+
 class ProbeTest : public ::testing::Test {
  protected:
   void SetUp() override { ASSERT_TRUE(testutil::isRoot()) << "privileged test: run as root"; }
@@ -153,14 +171,8 @@ TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    int nsfd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) != 0) _exit(10);
-    int l = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(15994);
-    if (::bind(l, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 || ::listen(l, 64) != 0) _exit(11);
+    childListenInNetns(ns.path(), 15994, a);
     std::vector<int> held;
     for (int i = 0; i < kHeld; ++i) {
       int c = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -196,17 +208,8 @@ TEST_F(ProbeTest, CloseRecordsTellHowTheConnectionEnded) {
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
-    int nsfd = ::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (nsfd < 0 || setns(nsfd, CLONE_NEWNET) != 0) _exit(10);
-    int l = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (::bind(l, reinterpret_cast<sockaddr*>(&a), len) != 0 || ::listen(l, 8) != 0 ||
-        ::getsockname(l, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-      _exit(11);
-    }
+    const int l = childListenInNetns(ns.path(), 0, a);
     uint16_t ports[kEndings] = {};
     auto untilEof = [](int fd) {
       char buf[64];
