@@ -82,7 +82,9 @@ class Correlator {
     friend bool operator==(const JoinKey&, const JoinKey&) = default;
   };
   struct JoinKeyHash {
-    size_t operator()(const JoinKey& k) const;  // not noexcept: libstdc++ then caches each node's hash (lookups and erases stop rehashing every node of a bucket)
+    // Not noexcept: libstdc++ then caches each node's hash, so lookups and
+    // erases stop rehashing every node of a bucket they walk.
+    size_t operator()(const JoinKey& k) const;
   };
   // Position in time: (CLOCK_MONOTONIC ns, arrival number). Unique, and
   // orders entries oldest first, ties in order of arrival.

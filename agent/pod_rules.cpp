@@ -407,6 +407,8 @@ Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
   }
 
   const rules::Connection rc = ruleConnection(t, conn);
+  // A reference into the last snapshot's memo: the loop below only finds this
+  // key there again (no insert, so no clear) and inserts into older ones.
   const Brief& e = explainWith(t.history.back(), ipv6, rc);
   if (!e.captured) return Why{reasonLabel(e.reason), e.rule, e.remedy};
 

@@ -163,7 +163,6 @@ void resetAndClose(UniqueFd& fd) {
   fd.reset();
 }
 
-
 uint16_t localPort(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
