@@ -139,6 +139,9 @@ void Agent::scanTarget(const Target& target) {
     return;
   }
 
+  // Every record stamped before the sockets were listed is read once they
+  // are settled.
+  std::this_thread::sleep_for(std::chrono::nanoseconds(Probe::kSettleNs));
   readRing();
 
   const uint64_t now = monotonicNowNs();
@@ -227,13 +230,13 @@ void Agent::flushDecisions() {
 }
 
 int Agent::pollOnce(int timeout_ms) {
-  // Wait for records (or the timeout), then read "now" and drain what is
-  // left: every event the kernel produced before "now" has been read when
-  // expire(now) decides. ("now" read before a wait that timed out was up to
-  // timeout_ms stale, which delayed bypassed verdicts past grace + 50 ms.)
-  int n = probe_->poll(timeout_ms);
-  const uint64_t now = monotonicNowNs();
-  n += probe_->drain();
+  // Wait for records (or the timeout), then read every ring: the probe has
+  // then handed out, in time order, every record stamped before its
+  // settled time, which is the "now" up to which expire() decides. (A "now"
+  // read before a wait that timed out was up to timeout_ms stale, which
+  // delayed bypassed verdicts past grace + 50 ms.)
+  const int n = probe_->poll(timeout_ms);
+  const uint64_t now = probe_->settledNs();
   if (const uint64_t lost = probe_->lostAccepts(); lost != lost_accepts_seen_) {
     // Accepts were lost: connections waiting for theirs become unknown.
     lost_accepts_seen_ = lost;
@@ -292,9 +295,11 @@ void Agent::run(const std::atomic<bool>& stop,
   while (!stop.load() && (!deadline || Clock::now() < *deadline)) {
     runPosted();
     // Wake up no later than the oldest pending connection's grace window
-    // ends, so that its bypassed verdict is not late by up to timeout_ms.
+    // ends (and the records stamped before its end are settled), so that
+    // its bypassed verdict is not late by up to timeout_ms.
     int wait_ms = timeout_ms;
-    if (const uint64_t deadline_ns = correlator_.nextDeadline(); deadline_ns != 0) {
+    if (uint64_t deadline_ns = correlator_.nextDeadline(); deadline_ns != 0) {
+      deadline_ns += Probe::kSettleNs;
       const uint64_t now_ns = monotonicNowNs();
       const uint64_t left_ms = deadline_ns > now_ns ? (deadline_ns - now_ns + 999'999) / 1'000'000 : 0;
       wait_ms = static_cast<int>(std::min<uint64_t>(left_ms, static_cast<uint64_t>(timeout_ms)));
@@ -316,9 +321,11 @@ void Agent::run(const std::atomic<bool>& stop,
   }
 
   // Let connections already made reach their verdict: one grace window more.
-  auto drain_until = Clock::now() + std::chrono::nanoseconds(options_.grace_ns) +
+  auto drain_until = Clock::now() + std::chrono::nanoseconds(options_.grace_ns + Probe::kSettleNs) +
                      std::chrono::milliseconds(20);
   while (Clock::now() < drain_until) pollOnce(timeout_ms);
+  probe_->flush();
+  flushDecisions();
   syncCounters();
   publishGaps();
   reporter_.logSummary();

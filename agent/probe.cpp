@@ -5,8 +5,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstdarg>
+#include <ctime>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -84,7 +87,9 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
                      log.text());
   }
   probe->skel_->rodata->redirect_port = options.redirect_port;
-  bpf_map__set_max_entries(probe->skel_->maps.events, options.ring_buffer_bytes);
+  const int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0) throw ProbeError("cannot count the CPUs: " + std::string(strerror(-ncpu)));
+  bpf_map__set_max_entries(probe->skel_->maps.rings, static_cast<uint32_t>(ncpu));
   bpf_map__set_max_entries(probe->skel_->maps.owners, options.max_tracked_sockets);
 
   if (int err = capture_bpf::load(probe->skel_); err != 0) {
@@ -96,11 +101,31 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
         "cannot attach to the tracepoints sock/inet_sock_set_state and tcp/tcp_receive_reset: " +
         std::string(strerror(-err)) + privilegeHint(-err) + "\n" + log.text());
   }
-  probe->ring_ =
-      ring_buffer__new(bpf_map__fd(probe->skel_->maps.events), &Probe::onRecord, probe.get(), nullptr);
-  if (probe->ring_ == nullptr) {
-    int err = errno;
-    throw ProbeError("cannot open the BPF ring buffer: " + std::string(strerror(err)));
+  // One ring per possible CPU (the programs write to their CPU's ring).
+  const uint32_t page = static_cast<uint32_t>(::sysconf(_SC_PAGESIZE));
+  const uint32_t per_cpu =
+      std::max(page, std::bit_floor(options.ring_buffer_bytes / static_cast<uint32_t>(ncpu)));
+  for (uint32_t cpu = 0; cpu < static_cast<uint32_t>(ncpu); ++cpu) {
+    const int fd = bpf_map_create(BPF_MAP_TYPE_RINGBUF, "cw_ring", 0, 0, per_cpu, nullptr);
+    if (fd < 0) {
+      int err = errno;
+      throw ProbeError("cannot create the BPF ring buffer of CPU " + std::to_string(cpu) + " (" +
+                       std::to_string(per_cpu) + " bytes): " + strerror(err) + privilegeHint(err));
+    }
+    probe->ring_fds_.push_back(fd);
+    if (bpf_map_update_elem(bpf_map__fd(probe->skel_->maps.rings), &cpu, &fd, BPF_ANY) != 0) {
+      int err = errno;
+      throw ProbeError("cannot install the ring buffer of CPU " + std::to_string(cpu) + ": " +
+                       strerror(err));
+    }
+    int err = 0;
+    if (probe->ring_ == nullptr) {
+      probe->ring_ = ring_buffer__new(fd, &Probe::onRecord, probe.get(), nullptr);
+      if (probe->ring_ == nullptr) err = errno;
+    } else {
+      err = -ring_buffer__add(probe->ring_, fd, &Probe::onRecord, probe.get());
+    }
+    if (err != 0) throw ProbeError("cannot open the BPF ring buffer: " + std::string(strerror(err)));
   }
   return probe;
 }
@@ -108,11 +133,12 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
 Probe::~Probe() {
   if (ring_ != nullptr) ring_buffer__free(ring_);
   if (skel_ != nullptr) capture_bpf::destroy(skel_);
+  for (int fd : ring_fds_) ::close(fd);
 }
 
 int Probe::onRecord(void* ctx, void* data, size_t size) {
   auto* self = static_cast<Probe*>(ctx);
-  self->handler_(std::span<const uint8_t>(static_cast<const uint8_t*>(data), size));
+  self->reorder_.add(std::span<const uint8_t>(static_cast<const uint8_t*>(data), size));
   return 0;
 }
 
@@ -132,17 +158,27 @@ void Probe::unwatchNetns(uint32_t netns_inode) {
 
 int Probe::poll(int timeout_ms) {
   int n = ring_buffer__poll(ring_, timeout_ms);
-  if (n == -EINTR) return 0;
+  if (n == -EINTR) n = 0;
   if (n < 0) throw ProbeError("ring buffer poll failed: " + std::string(strerror(-n)));
-  return n;
+  return n + drain();
 }
 
 int Probe::drain() {
+  // "now" before the read: a record stamped more than kSettleNs before it
+  // is in its ring by then, so this read has it.
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
   int n = ring_buffer__consume(ring_);
-  if (n == -EINTR) return 0;
+  if (n == -EINTR) n = 0;
   if (n < 0) throw ProbeError("ring buffer read failed: " + std::string(strerror(-n)));
+  const uint64_t settled = now > kSettleNs ? now - kSettleNs : 0;
+  reorder_.release(settled, handler_);
+  settled_ns_ = std::max(settled_ns_, settled);
   return n;
 }
+
+size_t Probe::flush() { return reorder_.releaseAll(handler_); }
 
 uint64_t Probe::sumCounter(uint32_t idx) const {
   // Read on every poll (lost accepts): the per-CPU buffer is kept, not allocated.

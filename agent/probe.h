@@ -1,7 +1,8 @@
 // The kernel side of the agent: loads capture.bpf.c through its skeleton,
 // attaches the BTF-typed raw tracepoints (tp_btf), keeps the watched-netns map and reads the
-// ring buffer. Owns every kernel object (RAII): destroying a Probe detaches
-// and frees everything, so nothing half-attached is ever left behind.
+// ring buffers (one per CPU), handing their records out in time order. Owns
+// every kernel object (RAII): destroying a Probe detaches and frees
+// everything, so nothing half-attached is ever left behind.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +17,8 @@ extern "C" {
 #include "capture.h"
 }
 
+#include "reorder_buffer.h"
+
 struct capture_bpf;
 struct ring_buffer;
 
@@ -29,7 +32,10 @@ class ProbeError : public std::runtime_error {
 
 struct ProbeOptions {
   uint16_t redirect_port = 15001;
-  uint32_t ring_buffer_bytes = 4u << 20;  // power of two, >= page size
+  // All the CPUs' ring buffers together: a power of two, >= page size. Each
+  // CPU gets the largest power of two <= ring_buffer_bytes / CPUs (at least
+  // a page).
+  uint32_t ring_buffer_bytes = 4u << 20;
   uint32_t max_tracked_sockets = 131072;  // owner map entries (open app sockets tracked)
 };
 
@@ -58,12 +64,26 @@ class Probe {
   uint64_t lostAccepts() const;
   void unwatchNetns(uint32_t netns_inode);
 
-  // Waits up to timeout_ms for records and hands each one to the handler.
-  // Returns the number of records consumed (0 on timeout or EINTR).
+  // How long after its timestamp a record is surely in its ring: between the
+  // timestamp and the submit the program runs with preemption off, taking
+  // well under a microsecond (more if an interrupt or the hypervisor steals
+  // the CPU in between: hence the margin).
+  static constexpr uint64_t kSettleNs = 2'000'000;
+
+  // Waits up to timeout_ms for records, then reads every ring (drain()).
+  // Returns the number of records read from the kernel (0 on timeout or EINTR).
   int poll(int timeout_ms);
-  // Hands every record in the ring buffer to the handler now, without
-  // waiting or relying on a wakeup. Returns the number consumed.
+  // Reads every ring now, without waiting or relying on a wakeup, and hands
+  // the handler, in time order, each record stamped more than kSettleNs
+  // before this read; the later ones are held for the next read. Returns the
+  // number of records read from the kernel.
   int drain();
+  // Every record stamped before this time (CLOCK_MONOTONIC, ns) has been
+  // handed to the handler: the time up to which the agent may decide.
+  uint64_t settledNs() const { return settled_ns_; }
+  // Hands out the held records too (when stopping). Returns how many.
+  size_t flush();
+  uint32_t ringCount() const { return static_cast<uint32_t>(ring_fds_.size()); }
 
   ProbeCounters counters() const;
 
@@ -75,6 +95,9 @@ class Probe {
 
   capture_bpf* skel_ = nullptr;
   ring_buffer* ring_ = nullptr;
+  std::vector<int> ring_fds_;  // one ring buffer map per possible CPU
+  ReorderBuffer reorder_;
+  uint64_t settled_ns_ = 0;
   Handler handler_;
 };
 

@@ -954,6 +954,7 @@ json unwatchedPart(const BenchPod& watched, const BenchPod& other, const Options
   StormConfig c = stormConfig(other, o);
   const StormResult r = runStorm(other, path, c);
   for (int i = 0; i < 5; ++i) probe->poll(20);
+  probe->flush();
   const ProbeCounters pc = probe->counters();
   j["probe_connections"] = r.attempted;
   j["probe_records_submitted"] = pc.submitted;

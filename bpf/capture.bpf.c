@@ -60,10 +60,22 @@ struct {
 	__type(value, struct cw_netns_value);
 } watched_netns SEC(".maps");
 
-struct {
+/* One ring buffer per CPU, created and sized by the agent: a record goes to
+ * the ring of the CPU it is made on. A single shared ring made every record
+ * take a lock and a producer position that the CPUs pass back and forth
+ * (bench, README Performance). The agent puts the rings' records back in
+ * time order (agent/reorder_buffer.h). */
+struct ring {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 * 1024 * 1024);
-} events SEC(".maps");
+	__uint(max_entries, 4096); /* template only: the size of the real ones does not matter */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1); /* set at load: the number of possible CPUs */
+	__type(key, __u32);
+	__array(values, struct ring);
+} rings SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -107,11 +119,14 @@ static __always_inline void fill_addrs(struct cw_event *e, const struct sock *sk
 	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
 }
 
-/* Reserve, fill and submit one record; a failed reserve is counted. */
+/* Reserve, fill and submit one record in this CPU's ring; a failed reserve
+ * (or a CPU without a ring) is counted. */
 static __always_inline void emit(const struct sock *sk, __u8 kind, __u32 netns,
 				 const struct owner *o, __u64 bytes_received)
 {
-	struct cw_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	__u32 cpu = bpf_get_smp_processor_id();
+	void *ring = bpf_map_lookup_elem(&rings, &cpu);
+	struct cw_event *e = ring ? bpf_ringbuf_reserve(ring, sizeof(*e), 0) : NULL;
 	if (!e) {
 		count(CW_CNT_RINGBUF_LOST);
 		if (kind == CW_EV_ACTIVE_ESTABLISHED || kind == CW_EV_ACTIVE_FAILED)

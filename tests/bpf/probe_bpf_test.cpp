@@ -39,6 +39,7 @@ struct Recorder {
 
 void drain(Probe& probe) {
   for (int i = 0; i < 5; ++i) probe.poll(20);
+  probe.flush();  // the records of the last 2 ms too
 }
 
 int countKind(const std::vector<ConnEvent>& evs, EventKind kind) {
