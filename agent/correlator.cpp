@@ -19,7 +19,7 @@ constexpr uint64_t mix(uint64_t x) {
 
 }  // namespace
 
-size_t Correlator::JoinKeyHash::operator()(const JoinKey& k) const {
+size_t Correlator::JoinKeyHash::operator()(const JoinKey& k) const noexcept {
   uint64_t hi;
   uint64_t lo;
   std::memcpy(&hi, k.app.addr.bytes.data(), sizeof hi);
@@ -89,8 +89,7 @@ bool Correlator::isDuplicate(const ConnEvent& ev) {
     followed_.erase(f);
   }
   if (auto p = pending_by_sock_.find(ev.sock_id); p != pending_by_sock_.end()) {
-    auto it = pending_.find(p->second);
-    if (it != pending_.end() && it->second.established_ns == ev.ts_ns) return true;
+    if (p->second->second.established_ns == ev.ts_ns) return true;
     // The earlier connection stays pending (its accept may still come); only
     // its socket index goes, to the new connection.
     pending_by_sock_.erase(p);
@@ -150,7 +149,7 @@ void Correlator::onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out)
 void Correlator::onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
   const JoinKey key{ev.netns, ev.dst};  // the accepted socket's peer is the app's end
   if (auto k = pending_by_key_.find(key); k != pending_by_key_.end()) {
-    auto it = pending_.find(k->second);
+    const PendingIt it = k->second;
     out.push_back(Decision{Decision::Type::Verdict, it->second});
     out.back().conn.verdict = Verdict::Captured;
     out.back().conn.decided_ns = ev.ts_ns;
@@ -164,7 +163,7 @@ void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out)
   if (auto s = pending_by_sock_.find(ev.sock_id); s != pending_by_sock_.end()) {
     // Still waiting for its accept: keep the outcome for the verdict. The
     // socket is gone, so its id no longer names this connection.
-    pending_.find(s->second)->second.outcome = outcomeFromClose(ev.flags, ev.bytes_received);
+    s->second->second.outcome = outcomeFromClose(ev.flags, ev.bytes_received);
     pending_by_sock_.erase(s);
     return;
   }
@@ -216,7 +215,7 @@ void Correlator::forgetNetns(uint32_t netns) {
   for (auto it = followed_.begin(); it != followed_.end();) {
     if (it->second.conn.netns == netns) {
       followed_order_.erase(it->second.seq);
-      it = followed_.erase(it);
+      followed_.erase(it++);  // flat_hash_map: erase(it++) is the way
     } else {
       ++it;
     }
@@ -234,23 +233,23 @@ void Correlator::addPending(const Connection& conn) {
     ++stats_.pending_evicted;
   }
   const Stamp stamp{conn.established_ns, seq_++};
-  pending_.emplace_hint(pending_.end(), stamp, conn);
-  pending_by_sock_[conn.sock_id] = stamp;
+  const PendingIt it = pending_.emplace_hint(pending_.end(), stamp, conn);
+  pending_by_sock_[conn.sock_id] = it;
   // Takes the key over from an older pending connection of the same app
   // endpoint (the port was reused after a close): the next accept is this
   // one's, the older one is decided at its expiry.
-  pending_by_key_[keyOf(conn)] = stamp;
+  pending_by_key_[keyOf(conn)] = it;
 }
 
 std::map<Correlator::Stamp, Connection>::iterator Correlator::erasePending(
     std::map<Stamp, Connection>::iterator it) {
   const Connection& conn = it->second;
   if (auto s = pending_by_sock_.find(conn.sock_id);
-      s != pending_by_sock_.end() && s->second == it->first) {
+      s != pending_by_sock_.end() && s->second == it) {
     pending_by_sock_.erase(s);
   }
   if (auto k = pending_by_key_.find(keyOf(conn));
-      k != pending_by_key_.end() && k->second == it->first) {
+      k != pending_by_key_.end() && k->second == it) {
     pending_by_key_.erase(k);
   }
   return pending_.erase(it);

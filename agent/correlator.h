@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include <absl/container/flat_hash_map.h>
+
 #include "event.h"
 #include "verdict.h"
 
@@ -82,9 +84,7 @@ class Correlator {
     friend bool operator==(const JoinKey&, const JoinKey&) = default;
   };
   struct JoinKeyHash {
-    // Not noexcept: libstdc++ then caches each node's hash, so lookups and
-    // erases stop rehashing every node of a bucket they walk.
-    size_t operator()(const JoinKey& k) const;
+    size_t operator()(const JoinKey& k) const noexcept;
   };
   // Position in time: (CLOCK_MONOTONIC ns, arrival number). Unique, and
   // orders entries oldest first, ties in order of arrival.
@@ -123,19 +123,24 @@ class Correlator {
   // Undecided app connections, oldest (established_ns) first, so that
   // expiry and eviction take from the front.
   std::map<Stamp, Connection> pending_;
+  // The indexes are flat (open addressing) hash tables: a lookup costs one
+  // or two cache lines instead of a walk of separately allocated nodes,
+  // which the agent pays for in cache misses after every batch (its caches
+  // are cold then on a busy node; README Performance).
+  using PendingIt = std::map<Stamp, Connection>::iterator;  // stable until erased
   // Pending sockets still open, by sock_id. A close removes the socket from
   // here (its id may be reused by the kernel at once) but the connection
   // stays pending until its accept or the end of its grace window.
-  std::unordered_map<uint64_t, Stamp> pending_by_sock_;
+  absl::flat_hash_map<uint64_t, PendingIt> pending_by_sock_;
   // Pending connections by join key.
-  std::unordered_map<JoinKey, Stamp, JoinKeyHash> pending_by_key_;
+  absl::flat_hash_map<JoinKey, PendingIt, JoinKeyHash> pending_by_key_;
   // Accepts seen before their app connection: join key -> (ts_ns, seq), and
   // the same oldest first.
-  std::unordered_map<JoinKey, Stamp, JoinKeyHash> accepts_;
+  absl::flat_hash_map<JoinKey, Stamp, JoinKeyHash> accepts_;
   std::map<Stamp, JoinKey> accepts_by_time_;
   // Bypassed connections reported Open, waiting for their close, by sock_id;
   // followed_order_ (seq -> sock_id) finds the oldest to evict.
-  std::unordered_map<uint64_t, Followed> followed_;
+  absl::flat_hash_map<uint64_t, Followed> followed_;
   std::map<uint64_t, uint64_t> followed_order_;
 };
 
