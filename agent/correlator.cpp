@@ -215,7 +215,7 @@ void Correlator::forgetNetns(uint32_t netns) {
   for (auto it = followed_.begin(); it != followed_.end();) {
     if (it->second.conn.netns == netns) {
       followed_order_.erase(it->second.seq);
-      followed_.erase(it++);  // flat_hash_map: erase(it++) is the way
+      it = followed_.erase(it);
     } else {
       ++it;
     }
