@@ -137,7 +137,11 @@ void Metrics::addConnection(const PodLabels& pod, Verdict verdict, const std::st
 }
 
 void Metrics::addBypassRejected(const PodLabels& pod) {
-  bypass_rejected_.Add(podLabels(bounded(pod))).Increment();
+  auto it = rejected_cache_.find(pod);
+  if (it == rejected_cache_.end()) {
+    it = rejected_cache_.emplace(pod, &bypass_rejected_.Add(podLabels(bounded(pod)))).first;
+  }
+  it->second->Increment();
 }
 
 void Metrics::setPodWithoutSidecar(const PodLabels& pod, bool without) {
@@ -158,6 +162,7 @@ void Metrics::removePod(const PodLabels& pod) {
       ++it;
     }
   }
+  rejected_cache_.erase(pod);
   auto labels = podLabels(pod);
   if (bypass_rejected_.Has(labels)) bypass_rejected_.Remove(&bypass_rejected_.Add(labels));
   setPodWithoutSidecar(pod, false);

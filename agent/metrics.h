@@ -100,6 +100,7 @@ class Metrics {
   // Transparent: a verdict looks its counter up without copying the labels.
   std::map<std::tuple<PodLabels, Verdict, std::string>, prometheus::Counter*, std::less<>>
       connection_cache_;
+  std::map<PodLabels, prometheus::Counter*> rejected_cache_;  // the same for bypass_rejected_
 };
 
 }  // namespace cw

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <tuple>
+
+#include <absl/hash/hash.h>
 
 #include "startup_scan.h"
 
@@ -47,6 +50,7 @@ double PodTally::captureRate() const {
 Reporter::Reporter(Metrics* metrics) : metrics_(metrics) {}
 
 void Reporter::addTarget(uint32_t netns, PodLabels pod) {
+  gap_index_.clear();
   tallies_.try_emplace(pod);
   targets_[netns] = std::move(pod);
 }
@@ -54,6 +58,7 @@ void Reporter::addTarget(uint32_t netns, PodLabels pod) {
 void Reporter::removeTarget(uint32_t netns) {
   auto it = targets_.find(netns);
   if (it == targets_.end()) return;
+  gap_index_.clear();
   tallies_.erase(it->second);
   targets_.erase(it);
 }
@@ -92,7 +97,21 @@ logging::Fields Reporter::fields(const PodLabels& pod, const Connection& conn,
   return f;
 }
 
+size_t Reporter::GapDstHash::operator()(const GapDst& k) const {
+  return absl::Hash<std::tuple<uint32_t, std::array<uint8_t, 16>, uint16_t>>{}(
+      std::make_tuple(k.netns, k.dst.addr.bytes, k.dst.port));
+}
+
 Gap* Reporter::gapFor(const PodLabels& pod, const Connection& conn, const Why& why, bool& first) {
+  const GapDst dst{conn.netns, conn.dst};
+  if (auto known = gap_index_.find(dst); known != gap_index_.end()) {
+    for (const auto& [reason, gap] : known->second) {
+      if (reason == why.reason) {
+        first = false;
+        return gap;
+      }
+    }
+  }
   std::string key = pod.namespace_ + "/" + pod.pod + "|" + conn.dst.str() + "|" + why.reason;
   auto it = gaps_.find(key);
   first = it == gaps_.end();
@@ -108,6 +127,7 @@ Gap* Reporter::gapFor(const PodLabels& pod, const Connection& conn, const Why& w
     gap.first_seen_ns = conn.decided_ns;
     it = gaps_.emplace(std::move(key), std::move(gap)).first;
   }
+  gap_index_[dst].emplace_back(why.reason, &it->second);
   return &it->second;
 }
 

@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include <absl/container/flat_hash_map.h>
+
 #include "correlator.h"
 #include "logging.h"
 #include "metrics.h"
@@ -80,6 +82,18 @@ class Reporter {
   std::map<PodLabels, PodTally> tallies_;
   std::map<std::string, Gap> gaps_;  // key: namespace/pod|dst|reason
   uint64_t gaps_dropped_ = 0;
+  // gaps_ by (netns, destination), then reason: a repeated bypass finds its
+  // gap without formatting the string key. A cache of gaps_, cleared when
+  // the targets change (a netns could then be another pod's).
+  struct GapDst {
+    uint32_t netns;
+    Endpoint dst;
+    friend bool operator==(const GapDst&, const GapDst&) = default;
+  };
+  struct GapDstHash {
+    size_t operator()(const GapDst& k) const;
+  };
+  absl::flat_hash_map<GapDst, std::vector<std::pair<std::string, Gap*>>, GapDstHash> gap_index_;
 };
 
 }  // namespace cw
