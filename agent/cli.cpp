@@ -50,7 +50,8 @@ void addCommon(po::options_description& desc, CommonRaw& raw, const char* defaul
       ("metrics-address", po::value<std::string>(&raw.metrics_address),
        "serve Prometheus metrics on HOST:PORT at /metrics (off when not given)")
       ("ring-buffer-kb", po::value<int>(&raw.ring_buffer_kb)->default_value(4096),
-       "kernel ring buffer size in KiB (a power of two, at least 4)")
+       "kernel ring buffers in KiB, all CPUs together (a power of two, at least 4; each CPU "
+       "gets an equal share)")
       ("max-tracked-sockets", po::value<int>(&raw.max_tracked_sockets)->default_value(131072),
        "app sockets of watched pods tracked at once in the kernel (connections beyond it are "
        "counted as lost)")
