@@ -24,12 +24,6 @@ int64_t realtimeOffsetNs() {
 
 }  // namespace
 
-uint64_t monotonicNowNs() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 Agent::Agent(const AgentOptions& options)
     : options_(options),
       reporter_(&metrics_),

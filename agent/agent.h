@@ -113,7 +113,4 @@ class Agent {
   std::vector<std::function<void()>> posted_;
 };
 
-// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns().
-uint64_t monotonicNowNs();
-
 }  // namespace cw

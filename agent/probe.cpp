@@ -63,6 +63,12 @@ std::string privilegeHint(int err) {
 
 }  // namespace
 
+uint64_t monotonicNowNs() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
 std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler) {
   struct stat st {};
   if (::stat("/sys/kernel/btf/vmlinux", &st) != 0) {
@@ -166,9 +172,7 @@ int Probe::poll(int timeout_ms) {
 int Probe::drain() {
   // "now" before the read: a record stamped more than kSettleNs before it
   // is in its ring by then, so this read has it.
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  const uint64_t now = static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+  const uint64_t now = monotonicNowNs();
   int n = ring_buffer__consume(ring_);
   if (n == -EINTR) n = 0;
   if (n < 0) throw ProbeError("ring buffer read failed: " + std::string(strerror(-n)));

@@ -49,6 +49,10 @@ struct ProbeCounters {
   uint64_t lost_passive = 0;
 };
 
+// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns(), which
+// stamps the records.
+uint64_t monotonicNowNs();
+
 class Probe {
  public:
   using Handler = std::function<void(std::span<const uint8_t>)>;
@@ -83,7 +87,6 @@ class Probe {
   uint64_t settledNs() const { return settled_ns_; }
   // Hands out the held records too (when stopping). Returns how many.
   size_t flush();
-  uint32_t ringCount() const { return static_cast<uint32_t>(ring_fds_.size()); }
 
   ProbeCounters counters() const;
 
