@@ -174,9 +174,15 @@ void Agent::removeTarget(uint32_t netns) {
   metrics_.setWatchedTargets(targets_.size());
 }
 
-void Agent::addProxyCgroup(uint64_t cgroup_id) { correlator_.addProxyCgroup(cgroup_id); }
+void Agent::addProxyCgroup(uint64_t cgroup_id) {
+  probe_->addProxyCgroup(cgroup_id);
+  correlator_.addProxyCgroup(cgroup_id);
+}
 
-void Agent::removeProxyCgroup(uint64_t cgroup_id) { correlator_.removeProxyCgroup(cgroup_id); }
+void Agent::removeProxyCgroup(uint64_t cgroup_id) {
+  probe_->removeProxyCgroup(cgroup_id);
+  correlator_.removeProxyCgroup(cgroup_id);
+}
 
 void Agent::post(std::function<void()> fn) {
   std::lock_guard lock(shared_mu_);

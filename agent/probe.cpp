@@ -162,6 +162,20 @@ void Probe::unwatchNetns(uint32_t netns_inode) {
   bpf_map__delete_elem(skel_->maps.watched_netns, &netns_inode, sizeof netns_inode, 0);
 }
 
+void Probe::addProxyCgroup(uint64_t cgroup_id) {
+  const uint8_t one = 1;
+  if (bpf_map__update_elem(skel_->maps.proxy_cgroups, &cgroup_id, sizeof cgroup_id, &one,
+                           sizeof one, BPF_ANY) != 0) {
+    int err = errno;
+    throw ProbeError("cannot add cgroup " + std::to_string(cgroup_id) +
+                     " to the proxy set: " + strerror(err));
+  }
+}
+
+void Probe::removeProxyCgroup(uint64_t cgroup_id) {
+  bpf_map__delete_elem(skel_->maps.proxy_cgroups, &cgroup_id, sizeof cgroup_id, 0);
+}
+
 int Probe::poll(int timeout_ms) {
   int n = ring_buffer__poll(ring_, timeout_ms);
   if (n == -EINTR) n = 0;

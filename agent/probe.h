@@ -67,6 +67,10 @@ class Probe {
   // ProbeCounters::lost_passive alone (one map read), for the poll loop.
   uint64_t lostAccepts() const;
   void unwatchNetns(uint32_t netns_inode);
+  // The sidecars' cgroup v2 ids: their sockets' close records are not sent
+  // (the agent decides a proxy connection at its established record).
+  void addProxyCgroup(uint64_t cgroup_id);
+  void removeProxyCgroup(uint64_t cgroup_id);
 
   // How long after its timestamp a record is surely in its ring: between the
   // timestamp and the submit the program runs with preemption off, taking

@@ -60,6 +60,17 @@ struct {
 	__type(value, struct cw_netns_value);
 } watched_netns SEC(".maps");
 
+/* Filled by the agent: cgroup v2 ids of the sidecars (--proxy-cgroup). The
+ * agent decides a proxy connection at its established record, so the close
+ * record of a socket whose owner is in one of these is not sent: one record
+ * fewer for every connection the sidecar makes upstream. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u8);
+} proxy_cgroups SEC(".maps");
+
 /* One ring buffer per CPU, created and sized by the agent: a record goes to
  * the ring of the CPU it is made on. A single shared ring made every record
  * take a lock and a producer position that the CPUs pass back and forth
@@ -179,6 +190,8 @@ static __always_inline void record_owner(const struct sock *sk)
 	o.gid = uid_gid >> 32;
 	o.netns = netns;
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
+	if (bpf_map_lookup_elem(&proxy_cgroups, &o.cgroup_id))
+		o.flags = CW_F_PROXY_OWNER;
 	if (bpf_map_update_elem(&owners, &key, &o, BPF_ANY)) {
 		/* Map full: this connection will emit nothing. */
 		count(CW_CNT_OWNER_INSERT_FAIL);
@@ -225,6 +238,11 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0);
 		bpf_map_delete_elem(&owners, &key);
 	} else if (newstate == TCP_CLOSE) {
+		if (o->flags & CW_F_PROXY_OWNER) {
+			/* Decided (proxy) at its established record. */
+			bpf_map_delete_elem(&owners, &key);
+			return 0;
+		}
 		/* The peer closed first: the socket went through CLOSE_WAIT,
 		 * whose only ways out are LAST_ACK and CLOSE (read here rather
 		 * than with a lookup at CLOSE_WAIT). */

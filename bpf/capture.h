@@ -22,7 +22,8 @@ enum cw_event_kind {
 	 * SYN_RECV -> ESTABLISHED: the sidecar accepted a redirected connection.
 	 * src = the sidecar's local end, dst = the peer (the app's end). */
 	CW_EV_PASSIVE_ESTABLISHED = 3,
-	/* An established app socket reached CLOSE: outcome of the connection. */
+	/* An established app socket reached CLOSE: outcome of the connection.
+	 * Not sent for a socket of the proxy (CW_F_PROXY_OWNER). */
 	CW_EV_ACTIVE_CLOSED = 4,
 };
 
@@ -30,6 +31,8 @@ enum cw_event_kind {
 #define CW_F_OWNER_KNOWN 0x01    /* owner fields were recorded at SYN_SENT */
 #define CW_F_RESET_RECEIVED 0x02 /* tcp_receive_reset fired for this socket */
 #define CW_F_PEER_FIN 0x04       /* the peer closed first (closed from CLOSE_WAIT or LAST_ACK) */
+#define CW_F_PROXY_OWNER 0x08    /* the owner's cgroup was in proxy_cgroups at connect(): the
+                                  * socket's close record is not sent */
 
 struct cw_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */

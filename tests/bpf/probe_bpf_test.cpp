@@ -9,9 +9,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <vector>
 
 #include "bpf_test_util.h"
+#include "lab/system.h"
 #include "event.h"
 #include "probe.h"
 #include "targets.h"
@@ -155,6 +157,45 @@ TEST_F(ProbeTest, RingBufferLossesAreCountedExactly) {
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished) + static_cast<int>(c.lost_active), n);
   EXPECT_EQ(countKind(rec.events, EventKind::PassiveEstablished) + static_cast<int>(c.lost_passive),
             n);
+}
+
+// The cgroup v2 id of this process (its children connect from the same one).
+uint64_t ownCgroupId() {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("0::", 0) == 0) return lab::cgroupId(lab::findCgroup2Root() + line.substr(3));
+  }
+  ADD_FAILURE() << "no cgroup v2 line in /proc/self/cgroup";
+  return 0;
+}
+
+// A socket whose owner is in a proxy cgroup sends no close record (the agent
+// decides it proxy at its established one); once the cgroup is no longer a
+// proxy's, its sockets' close records come again.
+TEST_F(ProbeTest, TheProxysSocketsSendNoCloseRecord) {
+  ScopedNetns ns("cw-test-probe-p");
+  Recorder rec;
+  auto probe = Probe::open(ProbeOptions{}, rec.handler());
+  probe->watchNetns(netnsInode(ns.path()), 1);
+  const uint64_t cgroup = ownCgroupId();
+  ASSERT_NE(cgroup, 0u);
+
+  probe->addProxyCgroup(cgroup);
+  ASSERT_EQ(testutil::loopbackConnections(ns.path(), 4, false), 4);
+  ASSERT_EQ(testutil::loopbackConnections(ns.path(), 4, true), 4);
+  drain(*probe);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 8);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveClosed), 0);
+  for (const auto& e : rec.events) EXPECT_NE(e.flags & CW_F_PROXY_OWNER, 0) << e.src.str();
+
+  rec.events.clear();
+  probe->removeProxyCgroup(cgroup);
+  ASSERT_EQ(testutil::loopbackConnections(ns.path(), 4, false), 4);
+  drain(*probe);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 4);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveClosed), 4);
+  for (const auto& e : rec.events) EXPECT_EQ(e.flags & CW_F_PROXY_OWNER, 0) << e.src.str();
 }
 
 // The owner map is bounded: with room for 8 sockets and 12 held open at once,
