@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
+#include <cstring>
 #include <thread>
 
 #include "logging.h"
@@ -175,8 +177,16 @@ void Agent::removeTarget(uint32_t netns) {
 }
 
 void Agent::addProxyCgroup(uint64_t cgroup_id) {
-  probe_->addProxyCgroup(cgroup_id);
   correlator_.addProxyCgroup(cgroup_id);
+  if (!probe_->addProxyCgroup(cgroup_id)) {
+    const int err = errno;
+    logging::Fields f;
+    f["cgroup_id"] = cgroup_id;
+    f["error"] = std::string(strerror(err));
+    logging::warn("sidecar cgroup not added to the kernel's proxy map: its sockets' close records "
+                  "are still sent (verdicts are not affected)",
+                  f);
+  }
 }
 
 void Agent::removeProxyCgroup(uint64_t cgroup_id) {

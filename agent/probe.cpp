@@ -162,14 +162,10 @@ void Probe::unwatchNetns(uint32_t netns_inode) {
   bpf_map__delete_elem(skel_->maps.watched_netns, &netns_inode, sizeof netns_inode, 0);
 }
 
-void Probe::addProxyCgroup(uint64_t cgroup_id) {
+bool Probe::addProxyCgroup(uint64_t cgroup_id) {
   const uint8_t one = 1;
-  if (bpf_map__update_elem(skel_->maps.proxy_cgroups, &cgroup_id, sizeof cgroup_id, &one,
-                           sizeof one, BPF_ANY) != 0) {
-    int err = errno;
-    throw ProbeError("cannot add cgroup " + std::to_string(cgroup_id) +
-                     " to the proxy set: " + strerror(err));
-  }
+  return bpf_map__update_elem(skel_->maps.proxy_cgroups, &cgroup_id, sizeof cgroup_id, &one,
+                              sizeof one, BPF_ANY) == 0;
 }
 
 void Probe::removeProxyCgroup(uint64_t cgroup_id) {

@@ -68,8 +68,10 @@ class Probe {
   uint64_t lostAccepts() const;
   void unwatchNetns(uint32_t netns_inode);
   // The sidecars' cgroup v2 ids: their sockets' close records are not sent
-  // (the agent decides a proxy connection at its established record).
-  void addProxyCgroup(uint64_t cgroup_id);
+  // (the agent decides a proxy connection at its established record). A
+  // cgroup that cannot be added (map full, errno says why) only costs those
+  // records: returns false.
+  bool addProxyCgroup(uint64_t cgroup_id);
   void removeProxyCgroup(uint64_t cgroup_id);
 
   // How long after its timestamp a record is surely in its ring: between the

@@ -181,7 +181,7 @@ TEST_F(ProbeTest, TheProxysSocketsSendNoCloseRecord) {
   const uint64_t cgroup = ownCgroupId();
   ASSERT_NE(cgroup, 0u);
 
-  probe->addProxyCgroup(cgroup);
+  ASSERT_TRUE(probe->addProxyCgroup(cgroup));
   ASSERT_EQ(testutil::loopbackConnections(ns.path(), 4, false), 4);
   ASSERT_EQ(testutil::loopbackConnections(ns.path(), 4, true), 4);
   drain(*probe);
@@ -196,6 +196,18 @@ TEST_F(ProbeTest, TheProxysSocketsSendNoCloseRecord) {
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 4);
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveClosed), 4);
   for (const auto& e : rec.events) EXPECT_EQ(e.flags & CW_F_PROXY_OWNER, 0) << e.src.str();
+}
+
+// The proxy map is bounded (4096 sidecars on a node): a cgroup beyond that
+// is refused, not an error that stops the agent (it only costs close records).
+TEST_F(ProbeTest, AFullProxyMapRefusesTheNextCgroup) {
+  Recorder rec;
+  auto probe = Probe::open(ProbeOptions{}, rec.handler());
+  for (uint64_t id = 1; id <= 4096; ++id) ASSERT_TRUE(probe->addProxyCgroup(id)) << id;
+  EXPECT_TRUE(probe->addProxyCgroup(4096)) << "an update of a present key still succeeds";
+  EXPECT_FALSE(probe->addProxyCgroup(4097));
+  probe->removeProxyCgroup(1);
+  EXPECT_TRUE(probe->addProxyCgroup(4097));
 }
 
 // The owner map is bounded: with room for 8 sockets and 12 held open at once,
