@@ -102,7 +102,8 @@ struct ClassifyConfig {
 // low bits, CW_F_*; CW_F_OWNER_KNOWN is set when the owner's pid was found).
 inline constexpr uint8_t kScanFlagFoundAtStart = 0x40;  // every connection from a scan
 inline constexpr uint8_t kScanFlagConnecting = 0x80;    // the socket was in SYN_SENT
-static_assert(((CW_F_OWNER_KNOWN | CW_F_RESET_RECEIVED | CW_F_PEER_FIN | CW_F_PROXY_OWNER) &
+static_assert(((CW_F_OWNER_KNOWN | CW_F_RESET_RECEIVED | CW_F_PEER_FIN | CW_F_PROXY_OWNER |
+                CW_F_ACCEPT_SEEN) &
                (kScanFlagFoundAtStart | kScanFlagConnecting)) == 0);
 
 // Classifies the outbound connections among `sockets` (one scan of one

@@ -71,6 +71,30 @@ struct {
 	__type(value, __u8);
 } proxy_cgroups SEC(".maps");
 
+/* The app sockets this CPU saw become ESTABLISHED last. A redirected
+ * connection's handshake with the sidecar runs on loopback, where the app's
+ * socket becomes ESTABLISHED and then, in the same softirq run on the same
+ * CPU, the sidecar's accepted one: so the accept finds the app's socket here
+ * and marks its owner entry, and that socket's close record, which the agent
+ * would ignore (the connection is decided captured at its accept), is not
+ * sent. A miss (the slot was taken by another socket in between) only costs
+ * that close record. */
+#define CW_RECENT_SLOTS 4
+struct recent {
+	__u64 sk[CW_RECENT_SLOTS];
+	__u64 addr[CW_RECENT_SLOTS][2]; /* the app's local address, IPv4 as ::ffff:a.b.c.d */
+	__u32 netns[CW_RECENT_SLOTS];
+	__u16 port[CW_RECENT_SLOTS];
+	__u32 next;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct recent);
+} recent_established SEC(".maps");
+
 /* One ring buffer per CPU, created and sized by the agent: a record goes to
  * the ring of the CPU it is made on. A single shared ring made every record
  * take a lock and a producer position that the CPUs pass back and forth
@@ -132,7 +156,7 @@ static __always_inline void fill_addrs(struct cw_event *e, const struct sock *sk
 
 /* Reserve, fill and submit one record in this CPU's ring; a failed reserve
  * (or a CPU without a ring) is counted. */
-static __always_inline void emit(const struct sock *sk, __u8 kind, __u32 netns,
+static __always_inline bool emit(const struct sock *sk, __u8 kind, __u32 netns,
 				 const struct owner *o, __u64 bytes_received)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
@@ -144,7 +168,7 @@ static __always_inline void emit(const struct sock *sk, __u8 kind, __u32 netns,
 			count(CW_CNT_LOST_ACTIVE);
 		else if (kind == CW_EV_PASSIVE_ESTABLISHED)
 			count(CW_CNT_LOST_PASSIVE);
-		return;
+		return false;
 	}
 	e->ts_ns = bpf_ktime_get_ns();
 	e->sock_id = (__u64)sk;
@@ -171,6 +195,63 @@ static __always_inline void emit(const struct sock *sk, __u8 kind, __u32 netns,
 	fill_addrs(e, sk);
 	count(CW_CNT_EVENTS);
 	bpf_ringbuf_submit(e, 0);
+	return true;
+}
+
+/* A socket's local (local=true) or remote end, as the join sees it: IPv4 as
+ * ::ffff:a.b.c.d, so that an AF_INET app socket and the AF_INET6 socket a
+ * dual-stack sidecar accepts for it name the same address. */
+static __always_inline void end_of(const struct sock *sk, bool local, __u64 addr[2])
+{
+	if (sk->__sk_common.skc_family == AF_INET) {
+		__u32 a4 = local ? sk->__sk_common.skc_rcv_saddr : sk->__sk_common.skc_daddr;
+		addr[0] = 0;
+		addr[1] = ((__u64)a4 << 32) | bpf_htonl(0xffff);
+	} else if (local) {
+		bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+	} else {
+		bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_daddr);
+	}
+}
+
+/* The app socket sk of a watched netns just became ESTABLISHED. */
+static __always_inline void remember_established(const struct sock *sk, __u32 netns)
+{
+	__u32 zero = 0;
+	struct recent *r = bpf_map_lookup_elem(&recent_established, &zero);
+	if (!r)
+		return;
+	__u32 i = r->next++ % CW_RECENT_SLOTS;
+	r->sk[i] = (__u64)sk;
+	r->netns[i] = netns;
+	r->port[i] = sk->__sk_common.skc_num;
+	end_of(sk, true, r->addr[i]);
+}
+
+/* The sidecar accepted sk (its accept record is in the ring): if its peer is
+ * an app socket this CPU just saw established, that socket's close record is
+ * not needed. */
+static __always_inline void join_accept(const struct sock *sk, __u32 netns)
+{
+	__u32 zero = 0;
+	struct recent *r = bpf_map_lookup_elem(&recent_established, &zero);
+	if (!r)
+		return;
+	__u64 peer[2];
+	__u16 peer_port = bpf_ntohs(sk->__sk_common.skc_dport);
+	end_of(sk, false, peer);
+#pragma unroll
+	for (int i = 0; i < CW_RECENT_SLOTS; i++) {
+		if (r->sk[i] == 0 || r->netns[i] != netns || r->port[i] != peer_port ||
+		    r->addr[i][0] != peer[0] || r->addr[i][1] != peer[1])
+			continue;
+		__u64 key = r->sk[i];
+		r->sk[i] = 0;
+		struct owner *o = bpf_map_lookup_elem(&owners, &key);
+		if (o && o->netns == netns)
+			o->flags |= CW_F_ACCEPT_SEEN;
+		return;
+	}
 }
 
 static __always_inline void record_owner(const struct sock *sk)
@@ -222,8 +303,8 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		if (sk->__sk_common.skc_num != redirect_port)
 			return 0;
 		__u32 netns = sk_netns(sk);
-		if (netns_watched(netns))
-			emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0);
+		if (netns_watched(netns) && emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0))
+			join_accept(sk, netns);
 		return 0;
 	}
 
@@ -234,12 +315,14 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 
 	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
 		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o->netns, o, 0);
+		if (!(o->flags & CW_F_PROXY_OWNER))
+			remember_established(sk, o->netns);
 	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
 		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0);
 		bpf_map_delete_elem(&owners, &key);
 	} else if (newstate == TCP_CLOSE) {
-		if (o->flags & CW_F_PROXY_OWNER) {
-			/* Decided (proxy) at its established record. */
+		if (o->flags & (CW_F_PROXY_OWNER | CW_F_ACCEPT_SEEN)) {
+			/* Decided (proxy, captured) by the records already sent. */
 			bpf_map_delete_elem(&owners, &key);
 			return 0;
 		}

@@ -23,7 +23,9 @@ enum cw_event_kind {
 	 * src = the sidecar's local end, dst = the peer (the app's end). */
 	CW_EV_PASSIVE_ESTABLISHED = 3,
 	/* An established app socket reached CLOSE: outcome of the connection.
-	 * Not sent for a socket of the proxy (CW_F_PROXY_OWNER). */
+	 * Not sent for a socket of the proxy (CW_F_PROXY_OWNER), nor for one
+	 * whose accept on the redirect port the kernel matched to it
+	 * (CW_F_ACCEPT_SEEN): both are decided without it. */
 	CW_EV_ACTIVE_CLOSED = 4,
 };
 
@@ -33,6 +35,8 @@ enum cw_event_kind {
 #define CW_F_PEER_FIN 0x04       /* the peer closed first (closed from CLOSE_WAIT or LAST_ACK) */
 #define CW_F_PROXY_OWNER 0x08    /* the owner's cgroup was in proxy_cgroups at connect(): the
                                   * socket's close record is not sent */
+#define CW_F_ACCEPT_SEEN 0x10    /* kernel only (never in a record): the sidecar's accept of
+                                  * this socket's connection was sent, so its close is not */
 
 struct cw_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */
