@@ -49,6 +49,14 @@ int countKind(const std::vector<ConnEvent>& evs, EventKind kind) {
                                         [&](const ConnEvent& e) { return e.kind == kind; }));
 }
 
+// A probe watching ns (as target 1), its records going to rec.
+std::unique_ptr<Probe> openWatching(const ScopedNetns& ns, Recorder& rec,
+                                    const ProbeOptions& opts = ProbeOptions{}) {
+  auto probe = Probe::open(opts, rec.handler());
+  probe->watchNetns(netnsInode(ns.path()), 1);
+  return probe;
+}
+
 // In a forked child: joins the netns and listens on 127.0.0.1:port (0: any
 // port); `a` gets the listener's address. Exits the child on failure.
 int childListenInNetns(const std::string& netns_path, uint16_t port, sockaddr_in& a) {
@@ -142,8 +150,7 @@ TEST_F(ProbeTest, RingBufferLossesAreCountedExactly) {
   ProbeOptions opts;
   opts.redirect_port = 15993;
   opts.ring_buffer_bytes = 4096;  // about 36 records: most of the storm is lost
-  auto probe = Probe::open(opts, rec.handler());
-  probe->watchNetns(netnsInode(ns.path()), 1);
+  auto probe = openWatching(ns, rec, opts);
 
   // Each: active established, passive established, and active closed unless
   // its accept's record was sent (one after the other: the kernel matches
@@ -220,8 +227,7 @@ TEST_F(ProbeTest, AnAcceptOnTheRedirectPortSparesItsAppSocketsCloseRecord) {
   Recorder rec;
   ProbeOptions opts;
   opts.redirect_port = 15994;
-  auto probe = Probe::open(opts, rec.handler());
-  probe->watchNetns(netnsInode(ns.path()), 1);
+  auto probe = openWatching(ns, rec, opts);
 
   struct Case {
     const char* name;
@@ -264,8 +270,7 @@ uint64_t ownCgroupId() {
 TEST_F(ProbeTest, TheProxysSocketsSendNoCloseRecord) {
   ScopedNetns ns("cw-test-probe-p");
   Recorder rec;
-  auto probe = Probe::open(ProbeOptions{}, rec.handler());
-  probe->watchNetns(netnsInode(ns.path()), 1);
+  auto probe = openWatching(ns, rec);
   const uint64_t cgroup = ownCgroupId();
   ASSERT_NE(cgroup, 0u);
 
@@ -306,8 +311,7 @@ TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
   Recorder rec;
   ProbeOptions opts;
   opts.max_tracked_sockets = 8;
-  auto probe = Probe::open(opts, rec.handler());
-  probe->watchNetns(netnsInode(ns.path()), 1);
+  auto probe = openWatching(ns, rec, opts);
 
   constexpr int kHeld = 12;
   pid_t pid = fork();
@@ -341,8 +345,7 @@ TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
 TEST_F(ProbeTest, CloseRecordsTellHowTheConnectionEnded) {
   ScopedNetns ns("cw-test-probe-c");
   Recorder rec;
-  auto probe = Probe::open(ProbeOptions{}, rec.handler());
-  probe->watchNetns(netnsInode(ns.path()), 1);
+  auto probe = openWatching(ns, rec);
 
   enum Ending { kPeerFirst, kAppFirst, kData, kReset, kEndings };
   int pipefd[2];
