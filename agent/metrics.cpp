@@ -71,6 +71,13 @@ Metrics::Metrics()
                                    "at connect().",
                                    *registry_)
                                .Add({})),
+      bpf_runs_skipped_(counter("capturewatch_bpf_runs_skipped_total",
+                                "TCP state changes the kernel did not run capturewatch's BPF "
+                                "programs for: the program was already running on that CPU "
+                                "(interrupted). A skipped change can leave a connection unseen "
+                                "or its outcome unknown.",
+                                *registry_)
+                            .Add({})),
       orphan_accepts_(counter("capturewatch_orphan_accepts_total",
                               "Accepts on the redirect port that no observed app connection "
                               "claimed within the grace window.",
@@ -177,6 +184,7 @@ void Metrics::syncKernel(const ProbeCounters& counters) {
   advance(events_lost_, kernel_seen_.ringbuf_lost, counters.ringbuf_lost);
   advance(connections_lost_, kernel_seen_.lost_active, counters.lost_active);
   advance(owner_insert_failed_, kernel_seen_.owner_insert_failed, counters.owner_insert_failed);
+  advance(bpf_runs_skipped_, kernel_seen_.runs_skipped, counters.runs_skipped);
 }
 
 void Metrics::syncCorrelator(const Correlator::Stats& stats) {

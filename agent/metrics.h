@@ -87,6 +87,7 @@ class Metrics {
   prometheus::Counter& connections_lost_;
   prometheus::Counter& events_read_;
   prometheus::Counter& owner_insert_failed_;
+  prometheus::Counter& bpf_runs_skipped_;
   prometheus::Counter& orphan_accepts_;
   prometheus::Counter& outcomes_lost_;
   prometheus::Counter& found_at_start_;

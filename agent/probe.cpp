@@ -211,10 +211,20 @@ uint64_t Probe::sumCounter(uint32_t idx) const {
 
 uint64_t Probe::lostAccepts() const { return sumCounter(CW_CNT_LOST_PASSIVE); }
 
+uint64_t Probe::runsSkipped() const {
+  uint64_t total = 0;
+  for (const bpf_program* prog : {skel_->progs.cw_set_state, skel_->progs.cw_receive_reset}) {
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(bpf_program__fd(prog), &info, &len) == 0) total += info.recursion_misses;
+  }
+  return total;
+}
+
 ProbeCounters Probe::counters() const {
   return ProbeCounters{sumCounter(CW_CNT_RINGBUF_LOST), sumCounter(CW_CNT_OWNER_INSERT_FAIL),
-                       sumCounter(CW_CNT_EVENTS), sumCounter(CW_CNT_LOST_ACTIVE),
-                       sumCounter(CW_CNT_LOST_PASSIVE)};
+                       sumCounter(CW_CNT_EVENTS),       sumCounter(CW_CNT_LOST_ACTIVE),
+                       sumCounter(CW_CNT_LOST_PASSIVE), runsSkipped()};
 }
 
 }  // namespace cw

@@ -47,6 +47,10 @@ struct ProbeCounters {
   // lost (never seen), and accepts on the redirect port that were lost.
   uint64_t lost_active = 0;
   uint64_t lost_passive = 0;
+  // TCP state changes the kernel did not run the programs for: the program
+  // was already running on that CPU when the change came (an interrupt's
+  // softirq during its run). bpf_prog_info.recursion_misses, both programs.
+  uint64_t runs_skipped = 0;
 };
 
 // CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns(), which
@@ -98,6 +102,7 @@ class Probe {
 
  private:
   uint64_t sumCounter(uint32_t idx) const;  // a per-CPU counter, summed
+  uint64_t runsSkipped() const;
   mutable std::vector<uint64_t> counter_values_;  // one per possible CPU
   Probe() = default;
   static int onRecord(void* ctx, void* data, size_t size);

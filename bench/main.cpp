@@ -612,6 +612,7 @@ json agentDelta(const Snapshot& before, const Snapshot& after) {
   };
   j["events_read"] = delta("capturewatch_events_read_total");
   j["events_lost"] = delta("capturewatch_events_lost_total");
+  j["bpf_runs_skipped"] = delta("capturewatch_bpf_runs_skipped_total");
   j["owner_insert_failed"] = delta("capturewatch_owner_insert_failed_total");
   j["correlator_evictions"] = delta("capturewatch_correlator_evictions_total");
   j["orphan_accepts"] = delta("capturewatch_orphan_accepts_total");
@@ -792,7 +793,7 @@ json summarize(const json& phases, const Options& o) {
   json out = json::object();
   for (const auto& name : o.paths) {
     std::vector<double> off, on;
-    double conns = 0, cpu = 0, sched_cpu = 0, lost = 0, missing = 0, mis = 0, read = 0;
+    double conns = 0, cpu = 0, sched_cpu = 0, lost = 0, skipped = 0, missing = 0, mis = 0, read = 0;
     double hwm = 0, other_max = 0;
     uint64_t failed = 0, sync_errors = 0;
     std::map<double, double> buckets;
@@ -808,6 +809,7 @@ json summarize(const json& phases, const Options& o) {
       cpu += p["agent"]["cpu_s"].get<double>();
       sched_cpu += p["agent"]["sched_cpu_s"].get<double>();
       lost += p["agent"]["events_lost"].get<double>();
+      skipped += p["agent"].value("bpf_runs_skipped", 0.0);
       read += p["agent"]["events_read"].get<double>();
       missing += p["missing_verdicts"].get<double>();
       mis += p["misclassified_verdicts"].get<double>();
@@ -841,6 +843,7 @@ json summarize(const json& phases, const Options& o) {
     s["events_read"] = read;
     s["events_per_connection"] = conns > 0 ? read / conns : 0;
     s["events_lost"] = lost;
+    s["bpf_runs_skipped"] = skipped;
     s["missing_verdicts"] = missing;
     s["misclassified_verdicts"] = mis;
     s["connect_failures"] = failed;

@@ -53,11 +53,12 @@ json budgets(const json& result, int grace_ms) {
     }
     double lost = 0, missing = 0, mis = 0;
     for (const auto& [path, s] : result["summary"].items()) {
-      lost += s["events_lost"].get<double>();
+      lost += s["events_lost"].get<double>() + s.value("bpf_runs_skipped", 0.0);
       missing += s["missing_verdicts"].get<double>();
       mis += s["misclassified_verdicts"].get<double>();
     }
-    budget(out, "events lost at the max rate", lost, 0, false, "events");
+    budget(out, "events lost (ring full) or skipped (program busy) at the max rate", lost, 0, false,
+           "events");
     budget(out, "verdicts missing or misclassified at the max rate", missing + mis, 0, false,
            "connections");
     for (const auto& [path, s] : result["summary"].items()) {

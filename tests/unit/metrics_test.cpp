@@ -1,0 +1,42 @@
+// Metrics: the kernel's cumulative counters become Prometheus counters that
+// advance by what the kernel added since the last sync.
+#include "metrics.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace cw {
+namespace {
+
+double counterValue(const Metrics& m, const std::string& name) {
+  for (const auto& family : m.registry()->Collect()) {
+    if (family.name != name) continue;
+    double total = 0;
+    for (const auto& metric : family.metric) total += metric.counter.value;
+    return total;
+  }
+  ADD_FAILURE() << name << " is not registered";
+  return -1;
+}
+
+TEST(MetricsTest, KernelCountersAdvanceByWhatTheKernelAdded) {
+  Metrics m;
+  ProbeCounters c;
+  c.ringbuf_lost = 2;
+  c.lost_active = 1;
+  c.owner_insert_failed = 4;
+  c.runs_skipped = 3;
+  m.syncKernel(c);
+  c.ringbuf_lost = 7;
+  c.runs_skipped = 5;
+  m.syncKernel(c);
+  m.syncKernel(c);  // nothing new
+  EXPECT_EQ(counterValue(m, "capturewatch_events_lost_total"), 7);
+  EXPECT_EQ(counterValue(m, "capturewatch_connections_lost_total"), 1);
+  EXPECT_EQ(counterValue(m, "capturewatch_owner_insert_failed_total"), 4);
+  EXPECT_EQ(counterValue(m, "capturewatch_bpf_runs_skipped_total"), 5);
+}
+
+}  // namespace
+}  // namespace cw
