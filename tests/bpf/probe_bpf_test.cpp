@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "bpf_test_util.h"
-#include "lab/system.h"
 #include "event.h"
+#include "lab/system.h"
 #include "probe.h"
 #include "targets.h"
 #include "verdict.h"

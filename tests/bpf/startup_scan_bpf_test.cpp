@@ -437,6 +437,7 @@ TEST(StartupScanBpf, AgentKilledAndRestartedDuringAStormLeavesNoBlindSpot) {
     struct Held {
       std::unique_ptr<lab::ChildProcess> child;
       Endpoint src;
+      Endpoint dst;
       Verdict verdict;
     };
     std::vector<Held> held;
@@ -451,7 +452,8 @@ TEST(StartupScanBpf, AgentKilledAndRestartedDuringAStormLeavesNoBlindSpot) {
           const uint16_t port =
               reportedPort(*child, "held client of phase " + std::to_string(phase));
           ASSERT_NE(port, 0);
-          held.push_back(Held{std::move(child), Endpoint{pod->podAddressV4(), port}, v});
+          held.push_back(Held{std::move(child), Endpoint{pod->podAddressV4(), port},
+                              captured ? up4 : plain_dst, v});
         }
       }
     };
@@ -485,7 +487,7 @@ TEST(StartupScanBpf, AgentKilledAndRestartedDuringAStormLeavesNoBlindSpot) {
     const size_t phase1 = held.size();
     for (size_t i = 0; i < phase1; ++i) {
       const Endpoint src = held[i].src;
-      const Endpoint dst = held[i].verdict == Verdict::Captured ? up4 : plain_dst;
+      const Endpoint dst = held[i].dst;
       EXPECT_TRUE(first.waitForLine(
           [&](const json& j) {
             return j.value("msg", "") == "verdict" && j.value("src", "") == src.str() &&
@@ -521,14 +523,13 @@ TEST(StartupScanBpf, AgentKilledAndRestartedDuringAStormLeavesNoBlindSpot) {
       const std::string want(toString(h.verdict));
       SCOPED_TRACE("held connection " + h.src.str() + " of phase " +
                    std::to_string(i < phase1 ? 1 : i < phase2 ? 2 : 3));
-      const Endpoint dst = h.verdict == Verdict::Captured ? up4 : plain_dst;
       if (i < phase1) {
-        const auto a = linesOf(one, h.src, dst);
+        const auto a = linesOf(one, h.src, h.dst);
         ASSERT_EQ(a.size(), 1u);
         EXPECT_EQ(a[0].value("verdict", ""), want);
         EXPECT_FALSE(a[0].contains("found_at_start"));
       }
-      const auto b = linesOf(two, h.src, dst);
+      const auto b = linesOf(two, h.src, h.dst);
       ASSERT_EQ(b.size(), 1u) << "reported once by run 2: " << json(b).dump();
       EXPECT_EQ(b[0].value("verdict", ""), want) << b[0].dump();
       EXPECT_EQ(b[0].value("found_at_start", false), i < phase2) << b[0].dump();
