@@ -34,10 +34,10 @@ void Correlator::addProxyCgroup(uint64_t cgroup_id) { proxy_cgroups_.insert(cgro
 
 void Correlator::removeProxyCgroup(uint64_t cgroup_id) { proxy_cgroups_.erase(cgroup_id); }
 
-size_t Correlator::pendingConnections() const { return pending_.size(); }
+size_t Correlator::pendingConnections() const { return pending_count_; }
 
 uint64_t Correlator::nextDeadline() const {
-  return pending_.empty() ? 0 : pending_.begin()->first.first + config_.grace_ns;
+  return pending_head_ == kNone ? 0 : pending_pool_[pending_head_].conn.established_ns + config_.grace_ns;
 }
 
 size_t Correlator::pendingAccepts() const { return accepts_.size(); }
@@ -89,7 +89,7 @@ bool Correlator::isDuplicate(const ConnEvent& ev) {
     followed_.erase(f);
   }
   if (auto p = pending_by_sock_.find(ev.sock_id); p != pending_by_sock_.end()) {
-    if (p->second->second.established_ns == ev.ts_ns) return true;
+    if (pendingConn(p->second).established_ns == ev.ts_ns) return true;
     // The earlier connection stays pending (its accept may still come); only
     // its socket index goes, to the new connection.
     pending_by_sock_.erase(p);
@@ -150,7 +150,7 @@ void Correlator::onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>
   const JoinKey key{ev.netns, ev.dst};  // the accepted socket's peer is the app's end
   if (auto k = pending_by_key_.find(key); k != pending_by_key_.end()) {
     const PendingIt it = k->second;
-    out.push_back(Decision{Decision::Type::Verdict, it->second});
+    out.push_back(Decision{Decision::Type::Verdict, pendingConn(it)});
     out.back().conn.verdict = Verdict::Captured;
     out.back().conn.decided_ns = ev.ts_ns;
     erasePending(it);
@@ -163,7 +163,7 @@ void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out)
   if (auto s = pending_by_sock_.find(ev.sock_id); s != pending_by_sock_.end()) {
     // Still waiting for its accept: keep the outcome for the verdict. The
     // socket is gone, so its id no longer names this connection.
-    s->second->second.outcome = outcomeFromClose(ev.flags, ev.bytes_received);
+    pendingConn(s->second).outcome = outcomeFromClose(ev.flags, ev.bytes_received);
     pending_by_sock_.erase(s);
     return;
   }
@@ -181,8 +181,8 @@ void Correlator::expire(uint64_t now_ns, std::vector<Decision>& out) {
   if (now_ns < config_.grace_ns) return;
   const uint64_t cutoff = now_ns - config_.grace_ns;  // expired: ts + grace <= now
 
-  for (auto it = pending_.begin(); it != pending_.end() && it->first.first <= cutoff;) {
-    Connection conn = it->second;
+  for (PendingIt it = pending_head_; it != kNone && pendingConn(it).established_ns <= cutoff;) {
+    Connection conn = pendingConn(it);
     // Its accept may be among the lost ones: never guess it a gap (or captured).
     const bool maybe_lost = last_accept_loss_ns_ != 0 && last_accept_loss_ns_ >= conn.established_ns;
     conn.verdict = maybe_lost ? Verdict::Unknown : Verdict::Bypassed;
@@ -201,8 +201,8 @@ void Correlator::expire(uint64_t now_ns, std::vector<Decision>& out) {
 }
 
 void Correlator::forgetNetns(uint32_t netns) {
-  for (auto it = pending_.begin(); it != pending_.end();) {
-    it = it->second.netns == netns ? erasePending(it) : std::next(it);
+  for (PendingIt it = pending_head_; it != kNone;) {
+    it = pendingConn(it).netns == netns ? erasePending(it) : pending_pool_[it].next;
   }
   for (auto it = accepts_by_time_.begin(); it != accepts_by_time_.end();) {
     if (it->second.netns == netns) {
@@ -227,13 +227,33 @@ void Correlator::addPending(const Connection& conn) {
     ++stats_.pending_evicted;
     return;
   }
-  if (pending_.size() >= config_.max_pending) {
+  if (pending_count_ >= config_.max_pending) {
     // Drop the oldest without a verdict: its accept may still have come.
-    erasePending(pending_.begin());
+    erasePending(pending_head_);
     ++stats_.pending_evicted;
   }
-  const Stamp stamp{conn.established_ns, seq_++};
-  const PendingIt it = pending_.emplace_hint(pending_.end(), stamp, conn);
+  PendingIt it;
+  if (!pending_free_.empty()) {
+    it = pending_free_.back();
+    pending_free_.pop_back();
+  } else {
+    it = static_cast<PendingIt>(pending_pool_.size());
+    pending_pool_.emplace_back();
+  }
+  PendingSlot& slot = pending_pool_[it];
+  slot.conn = conn;
+  // Oldest first, equal times in order of arrival. Records come in time order
+  // (the reorder buffer), so this is the tail but for a late record, which
+  // walks back to its place.
+  PendingIt after = pending_tail_;
+  while (after != kNone && pendingConn(after).established_ns > conn.established_ns) {
+    after = pending_pool_[after].prev;
+  }
+  slot.prev = after;
+  slot.next = after == kNone ? pending_head_ : pending_pool_[after].next;
+  (slot.prev == kNone ? pending_head_ : pending_pool_[slot.prev].next) = it;
+  (slot.next == kNone ? pending_tail_ : pending_pool_[slot.next].prev) = it;
+  ++pending_count_;
   pending_by_sock_[conn.sock_id] = it;
   // Takes the key over from an older pending connection of the same app
   // endpoint (the port was reused after a close): the next accept is this
@@ -241,9 +261,9 @@ void Correlator::addPending(const Connection& conn) {
   pending_by_key_[keyOf(conn)] = it;
 }
 
-std::map<Correlator::Stamp, Connection>::iterator Correlator::erasePending(
-    std::map<Stamp, Connection>::iterator it) {
-  const Connection& conn = it->second;
+Correlator::PendingIt Correlator::erasePending(PendingIt it) {
+  PendingSlot& slot = pending_pool_[it];
+  const Connection& conn = slot.conn;
   if (auto s = pending_by_sock_.find(conn.sock_id);
       s != pending_by_sock_.end() && s->second == it) {
     pending_by_sock_.erase(s);
@@ -252,7 +272,13 @@ std::map<Correlator::Stamp, Connection>::iterator Correlator::erasePending(
       k != pending_by_key_.end() && k->second == it) {
     pending_by_key_.erase(k);
   }
-  return pending_.erase(it);
+  const PendingIt next = slot.next;
+  (slot.prev == kNone ? pending_head_ : pending_pool_[slot.prev].next) = next;
+  (next == kNone ? pending_tail_ : pending_pool_[next].prev) = slot.prev;
+  slot.prev = slot.next = kNone;
+  pending_free_.push_back(it);
+  --pending_count_;
+  return next;
 }
 
 void Correlator::addAccept(const JoinKey& key, uint64_t ts_ns) {

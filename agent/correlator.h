@@ -109,9 +109,20 @@ class Correlator {
   void onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>& out);
   void onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out);
 
+  // The pending connections live in a pool of slots (no allocation per
+  // connection once it has grown), linked oldest established_ns first,
+  // equal times in order of arrival. A slot's index is its handle; kNone ends the list.
+  using PendingIt = uint32_t;
+  static constexpr PendingIt kNone = UINT32_MAX;
+  struct PendingSlot {
+    Connection conn;
+    PendingIt prev = kNone;
+    PendingIt next = kNone;
+  };
+  Connection& pendingConn(PendingIt it) { return pending_pool_[it].conn; }
   void addPending(const Connection& conn);
   // Removes a pending entry and its index entries; returns the next one.
-  std::map<Stamp, Connection>::iterator erasePending(std::map<Stamp, Connection>::iterator it);
+  PendingIt erasePending(PendingIt it);
   void addAccept(const JoinKey& key, uint64_t ts_ns);
   void follow(const Connection& conn);
 
@@ -121,14 +132,20 @@ class Correlator {
   uint64_t last_accept_loss_ns_ = 0;  // 0: no accept was ever lost
   std::unordered_set<uint64_t> proxy_cgroups_;
   // Undecided app connections, oldest (established_ns) first, so that
-  // expiry and eviction take from the front.
-  std::map<Stamp, Connection> pending_;
+  // expiry and eviction take from the front. A slot pool and a linked list
+  // instead of a node-based ordered map: a bypassed storm spent 20% of the
+  // agent's CPU on the map's node allocations, rebalancing and cold node
+  // walks at expiry (README Performance).
+  std::vector<PendingSlot> pending_pool_;
+  std::vector<PendingIt> pending_free_;  // free slots, most recently freed last
+  PendingIt pending_head_ = kNone;       // oldest
+  PendingIt pending_tail_ = kNone;       // newest
+  size_t pending_count_ = 0;
   // The pending indexes are flat (open addressing) hash tables of small
   // entries: a lookup costs one or two cache lines instead of a walk of
   // separately allocated nodes, which the agent pays for in cache misses
   // after every batch (its caches are cold then on a busy node; README
   // Performance).
-  using PendingIt = std::map<Stamp, Connection>::iterator;  // stable until erased
   // Pending sockets still open, by sock_id. A close removes the socket from
   // here (its id may be reused by the kernel at once) but the connection
   // stays pending until its accept or the end of its grace window.

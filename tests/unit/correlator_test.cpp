@@ -628,6 +628,31 @@ TEST_F(CorrelatorTest, ExpiryReportsInOrderOfEstablishment) {
   EXPECT_EQ(correlator_.followed(), 3U);
 }
 
+// The pending list keeps its time order across a join out of its middle, a
+// late record that reuses the freed slot, and equal times (arrival order).
+TEST_F(CorrelatorTest, PendingOrderSurvivesJoinsLateRecordsAndTies) {
+  EXPECT_TRUE(feed(connected(1, kT0 + 10, 40001)).empty());
+  EXPECT_TRUE(feed(connected(2, kT0 + 20, 40002)).empty());
+  EXPECT_TRUE(feed(connected(3, kT0 + 40, 40003)).empty());
+  expectVerdict(feed(accepted(kT0 + 41, 40002)), Verdict::Captured, Outcome::Open, 2, kT0 + 41);
+  EXPECT_TRUE(feed(connected(4, kT0 + 30, 40004)).empty());  // late
+  EXPECT_TRUE(feed(connected(5, kT0 + 40, 40005)).empty());  // same time as 3
+  EXPECT_EQ(correlator_.pendingConnections(), 4U);
+  EXPECT_EQ(correlator_.nextDeadline(), kT0 + 10 + kGrace);
+
+  const auto first = expire(kT0 + 30 + kGrace);
+  ASSERT_EQ(first.size(), 2U);
+  EXPECT_EQ(first[0].conn.sock_id, 1U);
+  EXPECT_EQ(first[1].conn.sock_id, 4U);
+  EXPECT_EQ(correlator_.nextDeadline(), kT0 + 40 + kGrace);
+  const auto rest = expire(kT0 + 40 + kGrace);
+  ASSERT_EQ(rest.size(), 2U);
+  EXPECT_EQ(rest[0].conn.sock_id, 3U);
+  EXPECT_EQ(rest[1].conn.sock_id, 5U);
+  EXPECT_EQ(correlator_.pendingConnections(), 0U);
+  EXPECT_EQ(correlator_.nextDeadline(), 0U);
+}
+
 TEST_F(CorrelatorTest, ForgetNetnsDropsEverythingOfThatNetns) {
   EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());  // followed after expiry
   ASSERT_EQ(expire(kT0 + kGrace).size(), 1U);
