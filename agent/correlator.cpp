@@ -28,6 +28,16 @@ size_t Correlator::JoinKeyHash::operator()(const JoinKey& k) const noexcept {
   return static_cast<size_t>(mix(hi ^ mix(lo ^ mix(netns_port))));
 }
 
+size_t Correlator::BySock::operator()(SockId k) const noexcept { return static_cast<size_t>(mix(k.id)); }
+
+template <typename Index>
+void Correlator::indexSlot(Index& index, PendingIt it) {
+  if (auto [at, inserted] = index.insert(it); !inserted) {
+    index.erase(at);
+    index.insert(it);
+  }
+}
+
 Correlator::Correlator(Config config) : config_(config) {}
 
 void Correlator::addProxyCgroup(uint64_t cgroup_id) { proxy_cgroups_.insert(cgroup_id); }
@@ -88,8 +98,8 @@ bool Correlator::isDuplicate(const ConnEvent& ev) {
     followed_order_.erase(f->second.seq);
     followed_.erase(f);
   }
-  if (auto p = pending_by_sock_.find(ev.sock_id); p != pending_by_sock_.end()) {
-    if (pendingConn(p->second).established_ns == ev.ts_ns) return true;
+  if (auto p = pending_by_sock_.find(SockId{ev.sock_id}); p != pending_by_sock_.end()) {
+    if (pendingConn(*p).established_ns == ev.ts_ns) return true;
     // The earlier connection stays pending (its accept may still come); only
     // its socket index goes, to the new connection.
     pending_by_sock_.erase(p);
@@ -149,7 +159,7 @@ void Correlator::onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out)
 void Correlator::onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
   const JoinKey key{ev.netns, ev.dst};  // the accepted socket's peer is the app's end
   if (auto k = pending_by_key_.find(key); k != pending_by_key_.end()) {
-    const PendingIt it = k->second;
+    const PendingIt it = *k;
     out.push_back(Decision{Decision::Type::Verdict, pendingConn(it)});
     out.back().conn.verdict = Verdict::Captured;
     out.back().conn.decided_ns = ev.ts_ns;
@@ -160,10 +170,10 @@ void Correlator::onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>
 }
 
 void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out) {
-  if (auto s = pending_by_sock_.find(ev.sock_id); s != pending_by_sock_.end()) {
+  if (auto s = pending_by_sock_.find(SockId{ev.sock_id}); s != pending_by_sock_.end()) {
     // Still waiting for its accept: keep the outcome for the verdict. The
     // socket is gone, so its id no longer names this connection.
-    pendingConn(s->second).outcome = outcomeFromClose(ev.flags, ev.bytes_received);
+    pendingConn(*s).outcome = outcomeFromClose(ev.flags, ev.bytes_received);
     pending_by_sock_.erase(s);
     return;
   }
@@ -254,22 +264,20 @@ void Correlator::addPending(const Connection& conn) {
   (slot.prev == kNone ? pending_head_ : pending_pool_[slot.prev].next) = it;
   (slot.next == kNone ? pending_tail_ : pending_pool_[slot.next].prev) = it;
   ++pending_count_;
-  pending_by_sock_[conn.sock_id] = it;
+  indexSlot(pending_by_sock_, it);
   // Takes the key over from an older pending connection of the same app
   // endpoint (the port was reused after a close): the next accept is this
   // one's, the older one is decided at its expiry.
-  pending_by_key_[keyOf(conn)] = it;
+  indexSlot(pending_by_key_, it);
 }
 
 Correlator::PendingIt Correlator::erasePending(PendingIt it) {
   PendingSlot& slot = pending_pool_[it];
   const Connection& conn = slot.conn;
-  if (auto s = pending_by_sock_.find(conn.sock_id);
-      s != pending_by_sock_.end() && s->second == it) {
+  if (auto s = pending_by_sock_.find(SockId{conn.sock_id}); s != pending_by_sock_.end() && *s == it) {
     pending_by_sock_.erase(s);
   }
-  if (auto k = pending_by_key_.find(keyOf(conn));
-      k != pending_by_key_.end() && k->second == it) {
+  if (auto k = pending_by_key_.find(keyOf(conn)); k != pending_by_key_.end() && *k == it) {
     pending_by_key_.erase(k);
   }
   const PendingIt next = slot.next;

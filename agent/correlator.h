@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <absl/container/flat_hash_map.h>
+#include <absl/container/flat_hash_set.h>
 
 #include "event.h"
 #include "verdict.h"
@@ -46,6 +47,9 @@ class Correlator {
   };
 
   explicit Correlator(Config config);
+  // The pending indexes' functors point into the object.
+  Correlator(const Correlator&) = delete;
+  Correlator& operator=(const Correlator&) = delete;
 
   // Sockets whose owner is in one of these cgroup v2 ids are the proxy's.
   void addProxyCgroup(uint64_t cgroup_id);
@@ -111,7 +115,8 @@ class Correlator {
 
   // The pending connections live in a pool of slots (no allocation per
   // connection once it has grown), linked oldest established_ns first,
-  // equal times in order of arrival. A slot's index is its handle; kNone ends the list.
+  // equal times in order of arrival. A slot's index is its handle; kNone
+  // ends the list.
   using PendingIt = uint32_t;
   static constexpr PendingIt kNone = UINT32_MAX;
   struct PendingSlot {
@@ -120,6 +125,38 @@ class Correlator {
     PendingIt next = kNone;
   };
   Connection& pendingConn(PendingIt it) { return pending_pool_[it].conn; }
+
+  // The pending indexes hold 4-byte slot indexes and read each one's key
+  // from its slot: an index of 16k slots is 64 KiB plus its control bytes,
+  // instead of 256-448 KiB with the keys in it, so that after a batch's
+  // worth of other work it is still (mostly) in cache; the slot, read to
+  // compare, is the one being written or decided anyway (README Performance).
+  struct SockId {
+    uint64_t id;
+  };
+  struct BySock {  // hash and equality, slots against slots or sock ids
+    const std::vector<PendingSlot>* pool;
+    using is_transparent = void;
+    uint64_t sockOf(PendingIt s) const { return (*pool)[s].conn.sock_id; }
+    size_t operator()(PendingIt s) const noexcept { return (*this)(SockId{sockOf(s)}); }
+    size_t operator()(SockId k) const noexcept;
+    bool operator()(PendingIt a, PendingIt b) const noexcept { return sockOf(a) == sockOf(b); }
+    bool operator()(PendingIt a, SockId k) const noexcept { return sockOf(a) == k.id; }
+    bool operator()(SockId k, PendingIt a) const noexcept { return sockOf(a) == k.id; }
+  };
+  struct ByKey {  // hash and equality, slots against slots or join keys
+    const std::vector<PendingSlot>* pool;
+    using is_transparent = void;
+    JoinKey keyOfSlot(PendingIt s) const { return keyOf((*pool)[s].conn); }
+    size_t operator()(PendingIt s) const noexcept { return JoinKeyHash{}(keyOfSlot(s)); }
+    size_t operator()(const JoinKey& k) const noexcept { return JoinKeyHash{}(k); }
+    bool operator()(PendingIt a, PendingIt b) const noexcept { return keyOfSlot(a) == keyOfSlot(b); }
+    bool operator()(PendingIt a, const JoinKey& k) const noexcept { return keyOfSlot(a) == k; }
+    bool operator()(const JoinKey& k, PendingIt a) const noexcept { return keyOfSlot(a) == k; }
+  };
+  // Indexes slot `it` in `index`, replacing the slot of an equal key.
+  template <typename Index>
+  static void indexSlot(Index& index, PendingIt it);
   void addPending(const Connection& conn);
   // Removes a pending entry and its index entries; returns the next one.
   PendingIt erasePending(PendingIt it);
@@ -149,9 +186,11 @@ class Correlator {
   // Pending sockets still open, by sock_id. A close removes the socket from
   // here (its id may be reused by the kernel at once) but the connection
   // stays pending until its accept or the end of its grace window.
-  absl::flat_hash_map<uint64_t, PendingIt> pending_by_sock_;
+  absl::flat_hash_set<PendingIt, BySock, BySock> pending_by_sock_{0, BySock{&pending_pool_},
+                                                                  BySock{&pending_pool_}};
   // Pending connections by join key.
-  absl::flat_hash_map<JoinKey, PendingIt, JoinKeyHash> pending_by_key_;
+  absl::flat_hash_set<PendingIt, ByKey, ByKey> pending_by_key_{0, ByKey{&pending_pool_},
+                                                               ByKey{&pending_pool_}};
   // Accepts seen before their app connection: join key -> (ts_ns, seq), and
   // the same oldest first.
   absl::flat_hash_map<JoinKey, Stamp, JoinKeyHash> accepts_;
