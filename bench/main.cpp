@@ -1119,6 +1119,7 @@ int run(const Options& o) {
   if (o.kernel_cost) {
     progress("kernel cost of the BPF programs");
     result["kernel_cost"] = kernelCostPart(pod, o, work_dir);
+    result["cost_share"] = costShare(result);
   }
   if (o.unwatched) {
     progress("storm in an unwatched pod");

@@ -102,6 +102,28 @@ json budgets(const json& result, int grace_ms) {
   return out;
 }
 
+json costShare(const json& result) {
+  json out = json::object();
+  if (!result.contains("summary") || !result.contains("kernel_cost")) return out;
+  const double nproc = result["machine"]["nproc"].get<double>();
+  for (const auto& [path, s] : result["summary"].items()) {
+    if (!result["kernel_cost"].contains(path)) continue;
+    const double rate_off = s["rate_off_median"].get<double>();
+    if (rate_off <= 0 || nproc <= 0) continue;
+    const double machine_ns = nproc * 1e9 / rate_off;
+    const double bpf_ns = result["kernel_cost"][path]["bpf_ns_per_connection"].get<double>();
+    const double agent_ns = s["agent_cpu_s_per_million"].get<double>() * 1e3;  // s per 1e6 -> ns per 1
+    const double share = (bpf_ns + agent_ns) / machine_ns;
+    out[path] = {{"machine_ns_per_connection", machine_ns},
+                 {"bpf_ns_per_connection", bpf_ns},
+                 {"agent_ns_per_connection", agent_ns},
+                 {"share", share},
+                 {"ratio_expected", 1 - share},
+                 {"ns_left_at_97_percent", 0.03 * machine_ns}};
+  }
+  return out;
+}
+
 void printTable(const json& r, std::ostream& out) {
   const json& m = r["machine"];
   out << "\ncapturewatch benchmark  " << r["started"].get<std::string>() << "  (" << m["nproc"] << " x "
@@ -157,6 +179,17 @@ void printTable(const json& r, std::ostream& out) {
           << fmt("%.1f", k["runs_per_connection"].get<double>()) << " runs)";
     }
     out << "\n";
+  }
+  if (r.contains("cost_share") && !r["cost_share"].empty()) {
+    out << "\ncost per connection against the machine's (nproc / off rate): BPF + agent CPU, share, and the\n"
+           "on/off that this leaves (bpf_stats adds two clock reads per run: a little high):\n";
+    for (const auto& [path, c] : r["cost_share"].items()) {
+      out << "  " << path << ": " << thousands(c["bpf_ns_per_connection"]) << " + "
+          << thousands(c["agent_ns_per_connection"]) << " ns of " << thousands(c["machine_ns_per_connection"])
+          << " = " << fmt("%.1f%%", c["share"].get<double>() * 100) << ", on/off about "
+          << fmt("%.1f%%", c["ratio_expected"].get<double>() * 100) << " (97% leaves "
+          << thousands(c["ns_left_at_97_percent"]) << " ns)\n";
+    }
   }
   if (r.contains("unwatched")) {
     const json& u = r["unwatched"];

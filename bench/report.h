@@ -9,6 +9,13 @@ namespace cw::bench {
 // The budgets of issue 6, each {name, value, limit, pass}, from the result.
 nlohmann::ordered_json budgets(const nlohmann::ordered_json& result, int grace_ms);
 
+// What the agent and its BPF programs cost per connection against what the
+// whole machine spends on one at the agent-off rate (nproc cores / rate):
+// at the machine's limit, the rate with the agent on is about 1 - that
+// share of the rate with it off, whatever the noise of the rates. Per path that has both the storms'
+// agent CPU and the kernel cost part; empty otherwise.
+nlohmann::ordered_json costShare(const nlohmann::ordered_json& result);
+
 // Prints the result as one table.
 void printTable(const nlohmann::ordered_json& result, std::ostream& out);
 
