@@ -84,12 +84,19 @@ TEST(Faults, AWatchedPodVanishingMidRunIsDroppedAndTheRestGoesOn) {
   };
   ASSERT_TRUE(agent.waitForLine(gone, 10s)) << agent.stdoutText();
 
+  // A scrape reads one metric family after another while the agent goes on:
+  // wait for the last thing the agent does for a vanished pod (the counter),
+  // then read a scrape that started after it.
   std::map<std::string, double> m;
   for (int i = 0; i < 30; ++i) {
     m = scrape(port);
-    if (testutil::metricSum(m, "capturewatch_watched_targets") == 1) break;
+    if (testutil::metricSum(m, "capturewatch_watched_targets") == 1 &&
+        testutil::metricSum(m, "capturewatch_targets_gone_total") == 1) {
+      break;
+    }
     std::this_thread::sleep_for(100ms);
   }
+  m = scrape(port);
   EXPECT_EQ(testutil::metricSum(m, "capturewatch_watched_targets"), 1);
   EXPECT_EQ(testutil::metricSum(m, "capturewatch_targets_gone_total"), 1);
   EXPECT_EQ(testutil::metricSum(m, "capturewatch_connections_total",
