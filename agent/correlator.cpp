@@ -1,7 +1,6 @@
 #include "correlator.h"
 
 #include <cstring>
-#include <iterator>
 
 namespace cw {
 
