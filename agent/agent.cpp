@@ -1,5 +1,6 @@
 #include "agent.h"
 
+#include <malloc.h>
 #include <time.h>
 
 #include <algorithm>
@@ -70,7 +71,13 @@ void Agent::addTarget(const Target& target, const PodLabels& labels) {
   f["redirect_port"] = options_.probe.redirect_port;
   logging::info("watching", f);
   for (auto& observe : target_observers_) observe(target, true);
-  if (options_.startup_scan) scanTarget(target);
+  if (options_.startup_scan) {
+    scanTarget(target);
+    // The scan's lists (every socket and conntrack entry of the netns) are
+    // freed now: give their pages back, so that what stays resident after
+    // the scan of a busy pod is what the agent keeps, not what it read.
+    ::malloc_trim(0);
+  }
 }
 
 void Agent::scanTarget(const Target& target) {
@@ -96,9 +103,15 @@ void Agent::scanTarget(const Target& target) {
     }
     ~SeenWindow() { agent.startup_seen_ = nullptr; }
   } window(*this, &seen, target.netns);
+  // Read the rings until they are empty, one bounded read after another (at
+  // most 256: should the kernel write as fast as the agent reads, the scan
+  // goes on with what it has read).
   auto readRing = [this] {
-    probe_->drain();
-    flushDecisions();
+    for (int i = 0; i < 256; ++i) {
+      probe_->drain();
+      flushDecisions();
+      if (!probe_->behind()) break;
+    }
   };
   try {
     const auto sockets = scanTcpSockets(target.netns_path);
@@ -296,7 +309,8 @@ void Agent::run(const std::atomic<bool>& stop,
   // time (scheduler churn), 20 ms 1.4% (bench, README Performance).
   const auto batch = std::chrono::microseconds(std::min<uint64_t>(options_.grace_ns / 10'000, 20'000));
   // Except in a burst: a read that returned an eighth of the ring's
-  // capacity is followed by the next at once, so a burst (a pod opening
+  // capacity, or left records in a ring (its share of the read budget
+  // taken), is followed by the next at once, so a burst (a pod opening
   // 100,000 connections at once) is read as it comes instead of
   // overflowing the ring while the agent waits.
   const int burst_records =
@@ -314,7 +328,8 @@ void Agent::run(const std::atomic<bool>& stop,
       const uint64_t left_ms = deadline_ns > now_ns ? (deadline_ns - now_ns + 999'999) / 1'000'000 : 0;
       wait_ms = static_cast<int>(std::min<uint64_t>(left_ms, static_cast<uint64_t>(timeout_ms)));
     }
-    if (const int n = pollOnce(wait_ms); n > 0 && n < burst_records && batch.count() > 0) {
+    if (const int n = pollOnce(wait_ms);
+        n > 0 && n < burst_records && !probe_->behind() && batch.count() > 0) {
       std::this_thread::sleep_for(batch);
     }
     auto now = Clock::now();

@@ -2,6 +2,7 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <sys/epoll.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -107,6 +108,12 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
         "cannot attach to the tracepoints sock/inet_sock_set_state and tcp/tcp_receive_reset: " +
         std::string(strerror(-err)) + privilegeHint(-err) + "\n" + log.text());
   }
+  if (options.read_budget == 0) throw ProbeError("the ring buffer read budget must be at least 1");
+  probe->ring_share_ = std::max<uint32_t>(1, options.read_budget / static_cast<uint32_t>(ncpu));
+  probe->epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  if (probe->epoll_fd_ < 0) {
+    throw ProbeError("cannot create an epoll instance: " + std::string(strerror(errno)));
+  }
   // One ring per possible CPU (the programs write to their CPU's ring).
   const uint32_t page = static_cast<uint32_t>(::sysconf(_SC_PAGESIZE));
   const uint32_t per_cpu =
@@ -124,28 +131,42 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
       throw ProbeError("cannot install the ring buffer of CPU " + std::to_string(cpu) + ": " +
                        strerror(err));
     }
-    int err = 0;
-    if (probe->ring_ == nullptr) {
-      probe->ring_ = ring_buffer__new(fd, &Probe::onRecord, probe.get(), nullptr);
-      if (probe->ring_ == nullptr) err = errno;
-    } else {
-      err = -ring_buffer__add(probe->ring_, fd, &Probe::onRecord, probe.get());
+    auto reader = std::make_unique<RingReader>();
+    reader->probe = probe.get();
+    reader->rb = ring_buffer__new(fd, &Probe::onRecord, reader.get(), nullptr);
+    if (reader->rb == nullptr) {
+      int err = errno;
+      throw ProbeError("cannot open the BPF ring buffer: " + std::string(strerror(err)));
     }
-    if (err != 0) throw ProbeError("cannot open the BPF ring buffer: " + std::string(strerror(err)));
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    const int rb_fd = ring_buffer__epoll_fd(reader->rb);
+    probe->readers_.push_back(std::move(reader));
+    if (::epoll_ctl(probe->epoll_fd_, EPOLL_CTL_ADD, rb_fd, &ev) != 0) {
+      int err = errno;
+      throw ProbeError("cannot wait on the BPF ring buffer: " + std::string(strerror(err)));
+    }
   }
   return probe;
 }
 
 Probe::~Probe() {
-  if (ring_ != nullptr) ring_buffer__free(ring_);
+  for (auto& r : readers_) ring_buffer__free(r->rb);
+  if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (skel_ != nullptr) capture_bpf::destroy(skel_);
   for (int fd : ring_fds_) ::close(fd);
 }
 
+// Returned by onRecord when a ring's share is taken: libbpf then stops
+// reading that ring (the record just given is consumed) and
+// ring_buffer__consume returns it.
+constexpr int kShareTaken = -ENOSPC;
+
 int Probe::onRecord(void* ctx, void* data, size_t size) {
-  auto* self = static_cast<Probe*>(ctx);
-  self->reorder_.add(std::span<const uint8_t>(static_cast<const uint8_t*>(data), size));
-  return 0;
+  auto* r = static_cast<RingReader*>(ctx);
+  r->probe->reorder_.add(std::span<const uint8_t>(static_cast<const uint8_t*>(data), size));
+  if (size >= sizeof r->last_ts) std::memcpy(&r->last_ts, data, sizeof r->last_ts);
+  return --r->left == 0 ? kShareTaken : 0;
 }
 
 void Probe::watchNetns(uint32_t netns_inode, uint32_t target_id) {
@@ -173,20 +194,39 @@ void Probe::removeProxyCgroup(uint64_t cgroup_id) {
 }
 
 int Probe::poll(int timeout_ms) {
-  int n = ring_buffer__poll(ring_, timeout_ms);
-  if (n == -EINTR) n = 0;
-  if (n < 0) throw ProbeError("ring buffer poll failed: " + std::string(strerror(-n)));
-  return n + drain();
+  // Records left by the last read are there now: no wait (a ring the
+  // reader is behind on does not wake it).
+  epoll_event ev{};  // which ring does not matter: drain() reads them all
+  if (::epoll_wait(epoll_fd_, &ev, 1, behind_ ? 0 : timeout_ms) < 0 && errno != EINTR) {
+    throw ProbeError("ring buffer poll failed: " + std::string(strerror(errno)));
+  }
+  return drain();
 }
 
 int Probe::drain() {
   // "now" before the read: a record stamped more than kSettleNs before it
   // is in its ring by then, so this read has it.
   const uint64_t now = monotonicNowNs();
-  int n = ring_buffer__consume(ring_);
-  if (n == -EINTR) n = 0;
-  if (n < 0) throw ProbeError("ring buffer read failed: " + std::string(strerror(-n)));
-  const uint64_t settled = now > kSettleNs ? now - kSettleNs : 0;
+  uint64_t settled = now > kSettleNs ? now - kSettleNs : 0;
+  int n = 0;
+  behind_ = false;
+  for (auto& r : readers_) {
+    r->left = ring_share_;
+    const int err = ring_buffer__consume(r->rb);
+    n += static_cast<int>(ring_share_ - r->left);
+    if (err == kShareTaken) {
+      // The ring may hold more. What it still holds was stamped after its
+      // last record read (less the moments a program was interrupted
+      // between its reserve and its stamp: kSettleNs covers them), so only
+      // what is older than that is complete. Never less than what an
+      // earlier read already settled.
+      behind_ = true;
+      const uint64_t complete = r->last_ts > kSettleNs ? r->last_ts - kSettleNs : 0;
+      settled = std::min(settled, std::max(settled_ns_, complete));
+    } else if (err < 0 && err != -EINTR) {
+      throw ProbeError("ring buffer read failed: " + std::string(strerror(-err)));
+    }
+  }
   reorder_.release(settled, handler_);
   settled_ns_ = std::max(settled_ns_, settled);
   return n;

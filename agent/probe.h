@@ -37,6 +37,11 @@ struct ProbeOptions {
   // a page).
   uint32_t ring_buffer_bytes = 4u << 20;
   uint32_t max_tracked_sockets = 131072;  // owner map entries (open app sockets tracked)
+  // Records one read (drain()) takes, all rings together (each ring gets an
+  // equal share, at least one): what the agent holds between the rings and
+  // the correlator stays bounded however fast the kernel writes. A read that
+  // took a ring's whole share leaves the rest for the next (behind()).
+  uint32_t read_budget = 16384;
 };
 
 struct ProbeCounters {
@@ -87,11 +92,16 @@ class Probe {
   // Waits up to timeout_ms for records, then reads every ring (drain()).
   // Returns the number of records read from the kernel (0 on timeout or EINTR).
   int poll(int timeout_ms);
-  // Reads every ring now, without waiting or relying on a wakeup, and hands
-  // the handler, in time order, each record stamped more than kSettleNs
-  // before this read; the later ones are held for the next read. Returns the
-  // number of records read from the kernel.
+  // Reads every ring now, without waiting or relying on a wakeup, up to its
+  // share of read_budget, and hands the handler, in time order, each record
+  // stamped more than kSettleNs before this read (or, when a ring had more
+  // than its share, before that ring's last record read, less kSettleNs);
+  // the later ones are held for the next read. Returns the number of records
+  // read from the kernel.
   int drain();
+  // The last read left records in a ring (its share was taken): read again
+  // at once.
+  bool behind() const { return behind_; }
   // Every record stamped before this time (CLOCK_MONOTONIC, ns) has been
   // handed to the handler: the time up to which the agent may decide.
   uint64_t settledNs() const { return settled_ns_; }
@@ -107,9 +117,21 @@ class Probe {
   Probe() = default;
   static int onRecord(void* ctx, void* data, size_t size);
 
+  // One libbpf reader per ring, so that each is read up to its own share;
+  // their epoll fds are waited on together through epoll_fd_.
+  struct RingReader {
+    Probe* probe = nullptr;
+    ring_buffer* rb = nullptr;
+    uint32_t left = 0;     // records this read may still take from the ring
+    uint64_t last_ts = 0;  // stamp of the last record taken
+  };
+
   capture_bpf* skel_ = nullptr;
-  ring_buffer* ring_ = nullptr;
   std::vector<int> ring_fds_;  // one ring buffer map per possible CPU
+  std::vector<std::unique_ptr<RingReader>> readers_;  // the same order
+  int epoll_fd_ = -1;
+  uint32_t ring_share_ = 1;  // read_budget / rings
+  bool behind_ = false;
   ReorderBuffer reorder_;
   uint64_t settled_ns_ = 0;
   Handler handler_;

@@ -9,6 +9,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstring>
 #include <fstream>
 #include <vector>
 
@@ -168,6 +170,65 @@ TEST_F(ProbeTest, RingBufferLossesAreCountedExactly) {
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished) + static_cast<int>(c.lost_active), n);
   EXPECT_EQ(countKind(rec.events, EventKind::PassiveEstablished) + static_cast<int>(c.lost_passive),
             n);
+}
+
+// One read takes at most the read budget (an equal share of each ring) and
+// says it left records behind; the reads after it take the rest. Every
+// record is handed out once, in time order across the rings: the records of
+// a ring read only in part are not overtaken by the newer ones of another.
+TEST_F(ProbeTest, AReadTakesAtMostItsBudgetAndTheNextOnesTheRest) {
+  ScopedNetns ns("cw-test-probe-b");
+  std::vector<uint64_t> stamps;
+  ProbeOptions opts;
+  opts.redirect_port = 15994;
+  opts.read_budget = 64;
+  auto probe = Probe::open(opts, [&stamps](std::span<const uint8_t> raw) {
+    uint64_t ts = 0;
+    std::memcpy(&ts, raw.data(), sizeof ts);
+    stamps.push_back(ts);
+  });
+  probe->watchNetns(netnsInode(ns.path()), 1);
+
+  // The older half of the records on the first CPU's ring, the newer half on
+  // the last CPU's (the connections' children inherit the affinity).
+  cpu_set_t all;
+  ASSERT_EQ(sched_getaffinity(0, sizeof all, &all), 0);
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE; ++c) {
+    if (CPU_ISSET(c, &all)) cpus.push_back(c);
+  }
+  const int n = 150;
+  for (int c : {cpus.front(), cpus.back()}) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(c, &one);
+    ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+    EXPECT_EQ(testutil::loopbackConnections(ns.path(), n, false, 15994), n);
+  }
+  ASSERT_EQ(sched_setaffinity(0, sizeof all, &all), 0);
+  ::usleep(Probe::kSettleNs / 1000 + 1000);  // every record settled
+
+  const int first = probe->drain();
+  EXPECT_GT(first, 0);
+  EXPECT_LE(first, 64);
+  EXPECT_TRUE(probe->behind());
+  int total = first;
+  int reads = 1;
+  while (probe->behind() && reads < 1000) {
+    const int k = probe->drain();
+    EXPECT_LE(k, 64);
+    total += k;
+    ++reads;
+  }
+  EXPECT_FALSE(probe->behind());
+  probe->flush();
+  // Each connection: its established record and its accept (the accept
+  // spares the close record).
+  EXPECT_GE(total, 2 * 2 * n);
+  EXPECT_GE(reads, total / 64);
+  EXPECT_EQ(static_cast<uint64_t>(total), probe->counters().submitted);
+  EXPECT_EQ(stamps.size(), static_cast<size_t>(total));
+  EXPECT_TRUE(std::is_sorted(stamps.begin(), stamps.end()));
 }
 
 // In a child in the netns: a listener on `port` (IPv6 [::], dual stack, when
