@@ -119,7 +119,7 @@ void Agent::scanTarget(const Target& target) {
     readRing();
     std::vector<ConntrackEntry> conntrack;
     try {
-      conntrack = dumpConntrack(target.netns_path);
+      conntrack = dumpConntrack(target.netns_path, conntrackFilterFor(sockets));
     } catch (const std::exception& e) {
       // Without conntrack, the sidecar's accepted sockets still show which
       // connections it holds.

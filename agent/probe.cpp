@@ -109,6 +109,7 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
         std::string(strerror(-err)) + privilegeHint(-err) + "\n" + log.text());
   }
   if (options.read_budget == 0) throw ProbeError("the ring buffer read budget must be at least 1");
+  probe->read_budget_ = options.read_budget;
   probe->ring_share_ = std::max<uint32_t>(1, options.read_budget / static_cast<uint32_t>(ncpu));
   probe->epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (probe->epoll_fd_ < 0) {
@@ -207,28 +208,58 @@ int Probe::drain() {
   // "now" before the read: a record stamped more than kSettleNs before it
   // is in its ring by then, so this read has it.
   const uint64_t now = monotonicNowNs();
-  uint64_t settled = now > kSettleNs ? now - kSettleNs : 0;
+  const uint64_t settled_now = now > kSettleNs ? now - kSettleNs : 0;
+  // While a ring the reads left behind catches up, the other rings' newer
+  // records are held here (they cannot go before its older ones): past
+  // kHeldRounds budgets of them, the rings that are not behind wait in the
+  // kernel instead (a ring that overflows meanwhile counts its losses).
+  const bool held_full = reorder_.held() >= static_cast<size_t>(read_budget_) * kHeldRounds &&
+                         std::any_of(readers_.begin(), readers_.end(), [](const auto& r) { return r->more; });
+  uint32_t budget = read_budget_;
   int n = 0;
-  behind_ = false;
-  for (auto& r : readers_) {
-    r->left = ring_share_;
-    const int err = ring_buffer__consume(r->rb);
-    n += static_cast<int>(ring_share_ - r->left);
-    if (err == kShareTaken) {
-      // The ring may hold more. What it still holds was stamped after its
-      // last record read (less the moments a program was interrupted
-      // between its reserve and its stamp: kSettleNs covers them), so only
-      // what is older than that is complete. Never less than what an
-      // earlier read already settled.
-      behind_ = true;
-      const uint64_t complete = r->last_ts > kSettleNs ? r->last_ts - kSettleNs : 0;
-      settled = std::min(settled, std::max(settled_ns_, complete));
-    } else if (err < 0 && err != -EINTR) {
-      throw ProbeError("ring buffer read failed: " + std::string(strerror(-err)));
+  for (auto& r : readers_) r->skipped = held_full && !r->more;
+  for (bool first_round = true;; first_round = false) {
+    // The first round reads every ring but the skipped ones; the next ones
+    // only the rings that had more than their share, until the budget is
+    // spent.
+    bool cut = false;
+    for (auto& r : readers_) {
+      if (r->skipped || !(first_round || r->more) || budget == 0) continue;
+      const uint32_t take = std::min(ring_share_, budget);
+      r->left = take;
+      const int err = ring_buffer__consume(r->rb);
+      const uint32_t got = take - r->left;
+      n += static_cast<int>(got);
+      budget -= got;
+      if (err < 0 && err != kShareTaken && err != -EINTR) {
+        throw ProbeError("ring buffer read failed: " + std::string(strerror(-err)));
+      }
+      r->more = err == kShareTaken;
+      if (!r->more) r->empty_at = settled_now;
+      cut = cut || r->more;
     }
+    // A ring that may hold more (its share taken) holds records stamped
+    // after its last one read (less the moments a program was interrupted
+    // between its reserve and its stamp: kSettleNs covers them); a skipped
+    // one, records stamped after the last read that emptied it settled. Only
+    // what is older than that is complete. Never less than what an earlier
+    // read settled.
+    uint64_t settled = settled_now;
+    for (const auto& r : readers_) {
+      uint64_t complete = settled_now;
+      if (r->more) {
+        complete = r->last_ts > kSettleNs ? r->last_ts - kSettleNs : 0;
+      } else if (r->skipped) {
+        complete = r->empty_at;
+      }
+      settled = std::min(settled, std::max(settled_ns_, complete));
+    }
+    reorder_.release(settled, handler_);
+    settled_ns_ = std::max(settled_ns_, settled);
+    if (!cut || budget == 0) break;
   }
-  reorder_.release(settled, handler_);
-  settled_ns_ = std::max(settled_ns_, settled);
+  behind_ = std::any_of(readers_.begin(), readers_.end(),
+                        [](const auto& r) { return r->more || r->skipped; });
   return n;
 }
 

@@ -92,11 +92,12 @@ class Probe {
   // Waits up to timeout_ms for records, then reads every ring (drain()).
   // Returns the number of records read from the kernel (0 on timeout or EINTR).
   int poll(int timeout_ms);
-  // Reads every ring now, without waiting or relying on a wakeup, up to its
-  // share of read_budget, and hands the handler, in time order, each record
-  // stamped more than kSettleNs before this read (or, when a ring had more
-  // than its share, before that ring's last record read, less kSettleNs);
-  // the later ones are held for the next read. Returns the number of records
+  // Reads the rings now, without waiting or relying on a wakeup, each up to
+  // its share of read_budget, then again those that had more than their
+  // share, until the budget is spent; and hands the handler, in time order,
+  // each record stamped more than kSettleNs before this read (or, while a
+  // ring may hold more, before its last record read, less kSettleNs): the
+  // later ones are held for the next read. Returns the number of records
   // read from the kernel.
   int drain();
   // The last read left records in a ring (its share was taken): read again
@@ -124,12 +125,19 @@ class Probe {
     ring_buffer* rb = nullptr;
     uint32_t left = 0;     // records this read may still take from the ring
     uint64_t last_ts = 0;  // stamp of the last record taken
+    bool more = false;     // its last read took its whole share: it may hold more
+    bool skipped = false;  // not read this time (enough held for order)
+    uint64_t empty_at = 0;  // the settled time of the last read that emptied it
   };
+  // Records held for order, in read budgets, past which the rings that are
+  // not behind are not read until the late ones catch up.
+  static constexpr uint32_t kHeldRounds = 4;
 
   capture_bpf* skel_ = nullptr;
   std::vector<int> ring_fds_;  // one ring buffer map per possible CPU
   std::vector<std::unique_ptr<RingReader>> readers_;  // the same order
   int epoll_fd_ = -1;
+  uint32_t read_budget_ = 1;
   uint32_t ring_share_ = 1;  // read_budget / rings
   bool behind_ = false;
   ReorderBuffer reorder_;

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <thread>
 #include <tuple>
@@ -195,6 +196,7 @@ void dumpFamily(uint8_t family, std::vector<ScannedSocket>& out) {
 
 struct ConntrackDump {
   std::vector<ConntrackEntry>* out;
+  const ConntrackFilter* keep;
 };
 
 bool tupleEndpoint(const nf_conntrack* ct, uint8_t l3, nf_conntrack_attr v4, nf_conntrack_attr v6,
@@ -238,7 +240,7 @@ int onConntrack(enum nf_conntrack_msg_type, struct nf_conntrack* ct, void* data)
                                 e.reply_dst);
   if (ok) {
     try {
-      dump->out->push_back(e);
+      if (!*dump->keep || (*dump->keep)(e)) dump->out->push_back(e);
     } catch (...) {  // no exception may cross the C library
       return NFCT_CB_FAILURE;
     }
@@ -246,10 +248,10 @@ int onConntrack(enum nf_conntrack_msg_type, struct nf_conntrack* ct, void* data)
   return NFCT_CB_CONTINUE;
 }
 
-void dumpConntrackHere(std::vector<ConntrackEntry>& out) {
+void dumpConntrackHere(std::vector<ConntrackEntry>& out, const ConntrackFilter& keep) {
   nfct_handle* h = nfct_open(CONNTRACK, 0);
   if (h == nullptr) throw std::runtime_error("nfct_open: " + errnoText(errno));
-  ConntrackDump dump{&out};
+  ConntrackDump dump{&out, &keep};
   if (nfct_callback_register(h, NFCT_T_ALL, onConntrack, &dump) != 0) {
     const int err = errno;
     nfct_close(h);
@@ -424,9 +426,9 @@ std::vector<ScannedSocket> scanTcpSockets(const std::string& netns_path) {
   return out;
 }
 
-std::vector<ConntrackEntry> dumpConntrack(const std::string& netns_path) {
+std::vector<ConntrackEntry> dumpConntrack(const std::string& netns_path, const ConntrackFilter& keep) {
   std::vector<ConntrackEntry> out;
-  runInNetns(netns_path, [&] { dumpConntrackHere(out); });
+  runInNetns(netns_path, [&] { dumpConntrackHere(out, keep); });
   return out;
 }
 
@@ -501,6 +503,17 @@ Owners socketOwners(const std::string& proc_root, const std::set<uint64_t>& inod
 
 // ---- classification ------------------------------------------------------------
 
+ConntrackFilter conntrackFilterFor(const std::vector<ScannedSocket>& sockets) {
+  auto wanted = std::make_shared<std::set<Tuple, TupleLess>>();
+  for (const auto& s : sockets) {
+    if (s.state != kTcpListen) wanted->insert(Tuple{s.local, s.remote});
+  }
+  return [wanted](const ConntrackEntry& e) {
+    return wanted->contains(Tuple{e.orig_src, e.orig_dst}) ||
+           wanted->contains(Tuple{e.reply_src, e.reply_dst});
+  };
+}
+
 std::vector<Connection> classifyOpenConnections(const std::vector<ScannedSocket>& sockets,
                                                 const std::vector<ConntrackEntry>& conntrack,
                                                 const Owners& owners,
@@ -521,7 +534,9 @@ std::vector<Connection> classifyOpenConnections(const std::vector<ScannedSocket>
   // whose two tuples differ.
   std::map<Tuple, bool, TupleLess> initiated;
   std::set<Tuple, TupleLess> responded;
+  const ConntrackFilter usable = conntrackFilterFor(sockets);
   for (const auto& e : conntrack) {
+    if (!usable(e)) continue;
     const bool redirected =
         e.reply_src.port == config.redirect_port && !(e.reply_src == e.orig_dst);
     auto [it, inserted] = initiated.emplace(Tuple{e.orig_src, e.orig_dst}, redirected);

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -78,10 +79,22 @@ inline constexpr size_t kMaxOwnerFds = 200'000;
 // sock_diag dumps every socket of the namespace.
 std::vector<ScannedSocket> scanTcpSockets(const std::string& netns_path);
 
+// Which conntrack entries to keep from a dump.
+using ConntrackFilter = std::function<bool(const ConntrackEntry&)>;
+
 // TCP entries of the namespace's conntrack table (both families), read the
-// same way. Throws std::runtime_error on failure (CAP_NET_ADMIN is needed).
-// An empty result is normal when nothing is tracked.
-std::vector<ConntrackEntry> dumpConntrack(const std::string& netns_path);
+// same way; only those `keep` accepts, when it is set (the table can be far
+// larger than what is asked of it: a pod's connections that ended linger
+// there for minutes). At most kMaxConntrackEntries are kept. Throws
+// std::runtime_error on failure (CAP_NET_ADMIN is needed). An empty result
+// is normal when nothing is tracked.
+std::vector<ConntrackEntry> dumpConntrack(const std::string& netns_path,
+                                          const ConntrackFilter& keep = {});
+
+// Accepts the conntrack entries classifyOpenConnections can use for these
+// sockets: those whose original or reply tuple is one socket's (local,
+// remote). What the agent keeps of the table is then bounded by the sockets.
+ConntrackFilter conntrackFilterFor(const std::vector<ScannedSocket>& sockets);
 
 // Which process holds each of `inodes`: scans <proc_root>/<pid>/fd for links
 // "socket:[N]", at most max_fds descriptors in all, skipping what cannot be

@@ -83,6 +83,38 @@ ConntrackEntry plainEntry(const Endpoint& src, const Endpoint& dst) {
 
 std::string commOf(const Connection& c) { return std::string(c.comm.data()); }
 
+// The dump keeps what classification can use for the sockets found: an
+// entry whose original tuple is an app socket's (local, remote), or whose
+// reply tuple is a responding socket's; not the table's other entries (the
+// connections that ended and linger there).
+TEST(StartupScanClassify, ConntrackFilterKeepsOnlyTheSocketsEntries) {
+  const ConntrackFilter keep = conntrackFilterFor(capturedTable());
+  EXPECT_TRUE(keep(redirectEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000),
+                                 ep("127.0.0.1", kRedirect))));
+  EXPECT_TRUE(keep(plainEntry(ep("198.18.0.2", 40001), ep("198.18.0.1", 32000))));
+  // Reply tuple (the responder's local, remote) is a socket's.
+  EXPECT_TRUE(keep(ConntrackEntry{ep("198.18.0.9", 5000), ep("198.18.0.2", 40000),
+                                  ep("198.18.0.2", 40000), ep("198.18.0.1", 32000)}));
+  // Another connection of the same app address, ended.
+  EXPECT_FALSE(keep(redirectEntry(ep("198.18.0.2", 40002), ep("198.18.0.1", 32000),
+                                  ep("127.0.0.1", kRedirect))));
+  // The listener's (local, wildcard) is no connection.
+  EXPECT_FALSE(keep(plainEntry(ep("::", kRedirect), ep("::", 0))));
+  EXPECT_FALSE(conntrackFilterFor({})(plainEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000))));
+
+  // Classification ignores the entries the filter drops: an ended
+  // connection's entry does not change the verdict of a socket it is not.
+  std::vector<ConntrackEntry> table;
+  for (uint16_t port = 41000; port < 41100; ++port) {
+    table.push_back(redirectEntry(ep("198.18.0.2", port), ep("198.18.0.1", 32000),
+                                  ep("127.0.0.1", kRedirect)));
+  }
+  const auto with = classifyOpenConnections(capturedTable(), table, {}, config());
+  const auto without = classifyOpenConnections(capturedTable(), {}, {}, config());
+  ASSERT_EQ(with.size(), without.size());
+  for (size_t i = 0; i < with.size(); ++i) EXPECT_EQ(with[i].verdict, without[i].verdict);
+}
+
 TEST(StartupScanClassify, EmptyInput) {
   EXPECT_TRUE(classifyOpenConnections({}, {}, {}, config()).empty());
 }
