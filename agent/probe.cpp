@@ -139,11 +139,12 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
       int err = errno;
       throw ProbeError("cannot open the BPF ring buffer: " + std::string(strerror(err)));
     }
+    probe->readers_.push_back(std::move(reader));
+    // The ring itself is waited on (readable while it holds records), not
+    // the reader's own epoll instance: one epoll for all, none nested.
     epoll_event ev{};
     ev.events = EPOLLIN;
-    const int rb_fd = ring_buffer__epoll_fd(reader->rb);
-    probe->readers_.push_back(std::move(reader));
-    if (::epoll_ctl(probe->epoll_fd_, EPOLL_CTL_ADD, rb_fd, &ev) != 0) {
+    if (::epoll_ctl(probe->epoll_fd_, EPOLL_CTL_ADD, fd, &ev) != 0) {
       int err = errno;
       throw ProbeError("cannot wait on the BPF ring buffer: " + std::string(strerror(err)));
     }

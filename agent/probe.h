@@ -119,7 +119,7 @@ class Probe {
   static int onRecord(void* ctx, void* data, size_t size);
 
   // One libbpf reader per ring, so that each is read up to its own share;
-  // their epoll fds are waited on together through epoll_fd_.
+  // the rings are waited on together through epoll_fd_.
   struct RingReader {
     Probe* probe = nullptr;
     ring_buffer* rb = nullptr;

@@ -11,8 +11,8 @@
 //      counts against what the generator made, events lost, CPU, peak RSS,
 //      verdict latency;
 //   3. the same storm in an unwatched pod: nothing reaches the ring buffer;
-//   4. memory: 100k real concurrent connections held open (captured and
-//      bypassed), and synthetic streams of up to 1M connections into the
+//   4. memory: 100k and 1M real concurrent connections held open (captured
+//      and bypassed), and synthetic streams of up to 1M connections into the
 //      correlator, plus the kernel memory of the owner map;
 //   5. the micro-benchmarks (cw_bench_micro, Google Benchmark).
 // It prints one table and writes the whole result as JSON.
@@ -83,6 +83,11 @@ void sleepFor(std::chrono::milliseconds d) {
   }
 }
 
+// The largest --hold level: 1M concurrent connections need about 7 GiB of
+// kernel memory (the app's socket, the server's, conntrack) and 20 source
+// addresses.
+constexpr uint64_t kMaxHold = 1'000'000;
+
 struct Options {
   std::string agent = CW_BENCH_AGENT;
   std::string micro = CW_BENCH_MICRO;
@@ -95,7 +100,9 @@ struct Options {
   int concurrency = 64;   // per storm thread
   int server_workers = 0;  // 0: nproc
   int grace_ms = 200;
-  uint64_t hold = 100'000;  // concurrent connections held in the memory test (0: skip)
+  // Concurrent connections held in the memory test, one level after the
+  // other (empty: skip).
+  std::vector<uint64_t> holds = {100'000, 1'000'000};
   uint64_t synthetic = 1'000'000;
   std::vector<std::string> paths = {"captured", "bypassed", "proxy"};
   bool unwatched = true;
@@ -123,7 +130,8 @@ struct Options {
                "  --concurrency N       connections in flight per storm thread (64)\n"
                "  --server-workers N    threads of each bench server (nproc)\n"
                "  --paths LIST          of captured,bypassed,proxy (all)\n"
-               "  --hold N              concurrent connections held in the memory test (100000; 0 skips)\n"
+               "  --hold LIST           concurrent connections held in the memory test, one level\n"
+               "                        after the other, each at most 1000000 (100000,1000000; 0 skips)\n"
                "  --synthetic N         connections of the synthetic correlator memory test (1000000)\n"
                "  --no-unwatched --no-memory --no-micro --no-kernel-cost   skip a part\n"
                "  --micro-filter REGEX  --benchmark_filter for the micro-benchmarks\n"
@@ -157,7 +165,14 @@ Options parseArgs(int argc, char** argv) {
     else if (a == "--threads") o.threads = std::stoi(need(i));
     else if (a == "--concurrency") o.concurrency = std::stoi(need(i));
     else if (a == "--server-workers") o.server_workers = std::stoi(need(i));
-    else if (a == "--hold") o.hold = std::stoull(need(i));
+    else if (a == "--hold") {
+      o.holds.clear();
+      std::stringstream ss(need(i));
+      std::string n;
+      while (std::getline(ss, n, ',')) {
+        if (const uint64_t v = std::stoull(n); v > 0) o.holds.push_back(v);
+      }
+    }
     else if (a == "--synthetic") o.synthetic = std::stoull(need(i));
     else if (a == "--no-unwatched") o.unwatched = false;
     else if (a == "--no-memory") o.memory = false;
@@ -178,7 +193,7 @@ Options parseArgs(int argc, char** argv) {
     else if (a == "--quick") {
       o.rounds = 1;
       o.duration_s = 2;
-      o.hold = 20'000;
+      o.holds = {20'000};
       o.synthetic = 200'000;
     } else if (a == "--paths") {
       o.paths.clear();
@@ -194,7 +209,8 @@ Options parseArgs(int argc, char** argv) {
     }
   }
   if (o.rounds < 1 || o.rounds > 50 || o.duration_s <= 0 || o.duration_s > 60 ||
-      o.concurrency < 1 || o.concurrency > 4096 || o.hold > 400'000 || o.synthetic > 4'000'000) {
+      o.concurrency < 1 || o.concurrency > 4096 || o.synthetic > 4'000'000 ||
+      std::any_of(o.holds.begin(), o.holds.end(), [](uint64_t n) { return n > kMaxHold; })) {
     std::fprintf(stderr, "cw_bench: option out of range\n");
     usage(2);
   }
@@ -260,14 +276,15 @@ void netnsSysctl(const std::string& netns_path, const std::vector<std::string>& 
 }
 
 // Per-netns tuning of a bench pod: deep accept queues so the sidecar's
-// accept never waits, a wide ephemeral range, and conntrack TIME_WAIT entries
-// that do not fill the table at tens of thousands of connections a second.
+// accept never waits (and, in the memory test, 1M connections can wait in
+// them), a wide ephemeral range, and conntrack TIME_WAIT entries that do not
+// fill the table at tens of thousands of connections a second.
 void tunePod(const lab::LabPod& pod) {
-  netnsSysctl(pod.podNetnsPath(), {"net.core.somaxconn=262144", "net.ipv4.tcp_max_syn_backlog=65535",
+  netnsSysctl(pod.podNetnsPath(), {"net.core.somaxconn=2097152", "net.ipv4.tcp_max_syn_backlog=65535",
                                    "net.ipv4.ip_local_port_range=10000 65000",
                                    "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1"});
   netnsSysctl(pod.upstreamNetnsPath(),
-              {"net.core.somaxconn=262144", "net.ipv4.tcp_max_syn_backlog=65535"});
+              {"net.core.somaxconn=2097152", "net.ipv4.tcp_max_syn_backlog=65535"});
 }
 
 lab::ChildProcess startServer(const lab::SpawnOptions& where, const ServerConfig& config,
@@ -423,21 +440,30 @@ size_t foreignBpfPrograms(const std::set<uint32_t>& ours) {
   return n;
 }
 
-// kernel.bpf_stats_enabled on while it lives (the kernel counts while any
-// holder keeps it on; restored on destruction).
-class BpfStatsOn {
+// A global sysctl (/proc/sys/...) set while it lives, restored on
+// destruction (also when the bench fails or is interrupted). A sysctl the
+// kernel does not have is left alone, and so is one already at least
+// `value` when only raising.
+class SysctlWhile {
  public:
-  BpfStatsOn() {
-    std::ifstream in("/proc/sys/kernel/bpf_stats_enabled");
-    in >> previous_;
-    std::ofstream("/proc/sys/kernel/bpf_stats_enabled") << 1;
+  enum class Mode { kSet, kRaise };
+  SysctlWhile(std::string path, uint64_t value, Mode mode = Mode::kSet) : path_(std::move(path)) {
+    std::ifstream in(path_);
+    if (!(in >> previous_) || (mode == Mode::kRaise && previous_ >= value)) {
+      path_.clear();
+      return;
+    }
+    std::ofstream(path_) << value;
   }
-  ~BpfStatsOn() { std::ofstream("/proc/sys/kernel/bpf_stats_enabled") << previous_; }
-  BpfStatsOn(const BpfStatsOn&) = delete;
-  BpfStatsOn& operator=(const BpfStatsOn&) = delete;
+  ~SysctlWhile() {
+    if (!path_.empty()) std::ofstream(path_) << previous_;
+  }
+  SysctlWhile(const SysctlWhile&) = delete;
+  SysctlWhile& operator=(const SysctlWhile&) = delete;
 
  private:
-  int previous_ = 0;
+  std::string path_;
+  uint64_t previous_ = 0;
 };
 
 struct PathSpec {
@@ -511,7 +537,9 @@ StormResult holdStorms(const BenchPod& bp, const PathSpec& path, StormConfig con
                        const std::function<void(uint64_t held)>& on_holding) {
   rlimit rl{};
   ::getrlimit(RLIMIT_NOFILE, &rl);
-  const uint64_t per_child = std::max<uint64_t>(1000, rl.rlim_cur > 1000 ? rl.rlim_cur - 500 : 1000);
+  // At most 262,144 each: a level of 1M is opened by four, on every CPU.
+  const uint64_t per_child =
+      std::clamp<uint64_t>(rl.rlim_cur > 1000 ? rl.rlim_cur - 500 : 1000, 1000, 262'144);
   std::vector<lab::ChildProcess> children;
   const auto limit = stormLimit(config);
   for (uint64_t left = total; left > 0;) {
@@ -874,7 +902,8 @@ json summarize(const json& phases, const Options& o) {
 // clock reads per run): one storm per path with the agent on.
 json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& work_dir) {
   json j = json::object();
-  BpfStatsOn stats_on;
+  // The kernel counts while any holder keeps it on.
+  SysctlWhile stats_on("/proc/sys/kernel/bpf_stats_enabled", 1);
   for (const auto& name : o.paths) {
     const PathSpec path = pathSpec(name);
     const uint16_t port = freePort();
@@ -967,45 +996,116 @@ json unwatchedPart(const BenchPod& watched, const BenchPod& other, const Options
   return j;
 }
 
-// 100k real concurrent connections, held open, with the agent on: captured
-// (uid 1000 -> sidecar) then bypassed (uid 1337 -> upstream). Four source
-// addresses so that 100k (address, port) pairs exist. The servers do not
-// accept in hold mode: the connections wait, established, in their accept
-// queues (the kernel's socket is as real; no descriptor is needed for it).
-json holdPart(BenchPod& bp, const Options& o, const std::string& work_dir) {
-  json j = json::object();
-  const std::vector<std::string> extra = {"198.18.0.3", "198.18.0.4", "198.18.0.5"};
-  for (const auto& a : extra) {
-    lab::runChecked({"ip", "-n", std::filesystem::path(bp.pod->podNetnsPath()).filename().string(),
-                     "addr", "add", a + "/24", "dev", "eth0"},
-                    "ip addr add " + a);
+// MemAvailable of /proc/meminfo, in KiB: what the kernel and every process
+// together take from the machine.
+uint64_t memAvailableKib() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t value = 0;
+  std::string unit;
+  while (in >> key >> value >> unit) {
+    if (key == "MemAvailable:") return value;
   }
-  bp.startServers(ServerConfig::Mode::kHold, o);
+  return 0;
+}
+
+// TCP sockets in use in the netns of process `pid` (IPv4 and IPv6,
+// /proc/PID/net/sockstat*).
+uint64_t tcpSocketsInUse(pid_t pid) {
+  uint64_t total = 0;
+  for (const char* file : {"sockstat", "sockstat6"}) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/net/" + file);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("TCP: ", 0) != 0 && line.rfind("TCP6: ", 0) != 0) continue;
+      std::istringstream words(line);
+      std::string word;
+      while (words >> word) {
+        if (word == "inuse" && words >> word) total += std::stoull(word);
+      }
+    }
+  }
+  return total;
+}
+
+// `n` real concurrent connections, held open, with the agent on: captured
+// (uid 1000 -> sidecar) then bypassed (uid 1337 -> upstream). The servers do
+// not accept in hold mode: the connections wait, established, in their
+// accept queues (the kernel's socket is as real; no descriptor is needed for
+// it). Restarted before each path, which resets the last one's connections.
+json holdPart(BenchPod& bp, const Options& o, uint64_t n, const std::string& work_dir) {
+  json j = json::object();
+  // REDIRECT maps every captured connection to 127.0.0.1:15001, so the
+  // app's (address, port) must be unique on its own. Of the 55,000
+  // ephemeral ports (tunePod) connect() tries the even ones first, and once
+  // they are taken it walks all of them before each odd one: 25,000 used
+  // per source address keeps it to the even half (with 50,000 a level of 1M
+  // opened at 4,000/s instead of tens of thousands). At least four
+  // addresses, as before there were levels.
+  const uint64_t addresses = std::max<uint64_t>(4, (n + 24'999) / 25'000);
+  std::vector<std::string> extra;
+  for (uint64_t i = 1; i < addresses; ++i) extra.push_back("198.18.0." + std::to_string(2 + i));
+  const std::string netns = std::filesystem::path(bp.pod->podNetnsPath()).filename().string();
+  struct Cleanup {
+    std::function<void()> fn;
+    ~Cleanup() { fn(); }
+  } cleanup{[&] {
+    for (const auto& a : extra) lab::runCommand({"ip", "-n", netns, "addr", "del", a + "/24", "dev", "eth0"});
+  }};
+  for (const auto& a : extra) {
+    lab::runChecked({"ip", "-n", netns, "addr", "add", a + "/24", "dev", "eth0"}, "ip addr add " + a);
+  }
+  // The pod's iptables rules put every connection in conntrack, whose table
+  // is global (262,144 entries on this machine): a full table drops SYNs.
+  // Room for this level, the last path's connections while they time out,
+  // and the rest of the machine.
+  const SysctlWhile conntrack("/proc/sys/net/netfilter/nf_conntrack_max", 3 * n + 262'144,
+                               SysctlWhile::Mode::kRaise);
   for (const std::string name : {"captured", "bypassed"}) {
+    bp.startServers(ServerConfig::Mode::kHold, o);
+    // The last path's connections go as its servers do (their accept
+    // queues are reset): wait for them, or the agent's startup scan would
+    // find them and this path's memory figures would include them.
+    const auto gone_by = Clock::now() + 60s;
+    while (tcpSocketsInUse(bp.sidecar.pid()) > 1000 && Clock::now() < gone_by) {
+      checkInterrupted();
+      std::this_thread::sleep_for(200ms);
+    }
     const PathSpec path = pathSpec(name);
     const uint16_t port = freePort();
-    AgentProcess agent(o.agent, agentArgs(bp, o, port), work_dir + "/agent-hold-" + name + ".log", port);
+    std::vector<std::string> args = agentArgs(bp, o, port);
+    // Every held app socket has an owner-map entry until it closes: the
+    // default bound (131,072) would refuse (and count) the rest.
+    if (n + 65'536 > 131'072) {
+      args.push_back("--max-tracked-sockets");
+      args.push_back(std::to_string(n + 65'536));
+    }
+    const uint64_t available_before = memAvailableKib();
+    AgentProcess agent(o.agent, args,
+                       work_dir + "/agent-hold-" + std::to_string(n) + "-" + name + ".log", port);
     agent.waitReady(20s);
     const Snapshot before = snapshot(agent);
     StormConfig c;
-    // One destination: REDIRECT maps every captured connection to
-    // 127.0.0.1:15001, so the app's (address, port) must be unique on its own.
     c.destinations = {bp.pod->upstreamV4()};
     c.sources.push_back(bp.pod->podAddressV4());
     for (const auto& a : extra) c.sources.push_back(*Address::parse(a));
     c.threads = 1;
     c.concurrency = 256;
-    c.duration_s = 60;
+    c.duration_s = std::max<double>(60, static_cast<double>(n) / 5'000);
     c.hold = true;
     c.hold_timeout_s = 60;
     json phase;
-    const StormResult r = holdStorms(bp, path, c, o.hold, [&](uint64_t held) {
+    const StormResult r = holdStorms(bp, path, c, n, [&](uint64_t held) {
       // Every verdict of the held connections reported (bypassed after the
       // grace window), counters synced: measure while they are all open.
-      const Snapshot s = settle(agent, before, static_cast<double>(held), o);
+      const Snapshot s = settle(agent, before, static_cast<double>(held), o, 20s);
       phase["held"] = held;
       phase["agent_while_held"] = agentDelta(before, s);
       phase["agent_while_held"].erase("latency_buckets");
+      phase["agent_bpf_maps_while_held"] = bpfMapsOf(agent.pid());
+      const uint64_t available = memAvailableKib();
+      phase["machine_memory_used_while_held_mib"] =
+          available_before > available ? static_cast<double>(available_before - available) / 1024 : 0.0;
     });
     // Every connection's verdict (a slow agent gets 20 s to catch up).
     const auto released = Clock::now();
@@ -1021,14 +1121,12 @@ json holdPart(BenchPod& bp, const Options& o, const std::string& work_dir) {
     agent.stop();
     progress("hold " + name + ": " + std::to_string(phase.value("held", 0)) +
              " concurrent connections, agent peak RSS " +
-             std::to_string(after.proc.hwm_kib / 1024) + " MiB");
+             std::to_string(after.proc.hwm_kib / 1024) + " MiB, machine memory used " +
+             std::to_string(static_cast<int>(phase.value("machine_memory_used_while_held_mib", 0.0))) +
+             " MiB");
     j[name] = phase;
   }
   bp.startServers(ServerConfig::Mode::kClose, o);
-  for (const auto& a : extra) {
-    lab::runCommand({"ip", "-n", std::filesystem::path(bp.pod->podNetnsPath()).filename().string(),
-                     "addr", "del", a + "/24", "dev", "eth0"});
-  }
   return j;
 }
 
@@ -1100,7 +1198,7 @@ int run(const Options& o) {
   result["options"] = {{"rounds", o.rounds},         {"duration_s", o.duration_s},
                        {"threads", o.threads},       {"concurrency", o.concurrency},
                        {"server_workers", o.server_workers}, {"grace_ms", o.grace_ms},
-                       {"paths", o.paths},           {"hold", o.hold},
+                       {"paths", o.paths},           {"hold", o.holds},
                        {"synthetic", o.synthetic},   {"agent", o.agent},  {"nice", o.nice},
                        {"agent_args", o.agent_args}};
 
@@ -1128,9 +1226,15 @@ int run(const Options& o) {
   }
   if (o.memory) {
     json mem;
-    if (o.hold > 0) {
-      progress("memory: " + std::to_string(o.hold) + " concurrent connections held open");
-      mem["real"] = holdPart(pod, o, work_dir);
+    if (!o.holds.empty()) {
+      json levels = json::array();
+      for (const uint64_t n : o.holds) {
+        progress("memory: " + std::to_string(n) + " concurrent connections held open");
+        json level = holdPart(pod, o, n, work_dir);
+        level["connections"] = n;
+        levels.push_back(std::move(level));
+      }
+      mem["real"] = std::move(levels);
     }
     progress("memory: synthetic streams into the correlator");
     json synth = json::array();

@@ -133,14 +133,20 @@ nlohmann::ordered_json bpfMapMemory(uint32_t entries) {
   options.max_tracked_sockets = entries;
   options.redirect_port = 15999;
   auto probe = Probe::open(options, [](std::span<const uint8_t>) {});
-  // Every BPF map this process holds: /proc/self/fdinfo has its type, size
-  // and memlock (the kernel's accounting of its memory).
+  j.update(bpfMapsOf(::getpid()));
+  return j;
+}
+
+nlohmann::ordered_json bpfMapsOf(pid_t pid) {
+  // /proc/PID/fdinfo has each map's type, size and memlock (the kernel's
+  // accounting of its memory).
+  const std::string dir = "/proc/" + std::to_string(pid) + "/fdinfo";
   uint64_t total = 0;
   nlohmann::ordered_json maps = nlohmann::ordered_json::array();
-  if (DIR* d = ::opendir("/proc/self/fdinfo")) {
+  if (DIR* d = ::opendir(dir.c_str())) {
     while (dirent* e = ::readdir(d)) {
       if (e->d_name[0] == '.') continue;
-      std::ifstream in(std::string("/proc/self/fdinfo/") + e->d_name);
+      std::ifstream in(dir + "/" + e->d_name);
       std::string line;
       std::map<std::string, std::string> kv;
       while (std::getline(in, line)) {
@@ -160,6 +166,7 @@ nlohmann::ordered_json bpfMapMemory(uint32_t entries) {
     }
     ::closedir(d);
   }
+  nlohmann::ordered_json j;
   j["maps"] = maps;
   j["total_memlock_bytes"] = total;
   return j;

@@ -3,6 +3,8 @@
 // the kernel memory of the BPF owner map at a given size.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <nlohmann/json.hpp>
 
@@ -18,6 +20,10 @@ nlohmann::ordered_json correlatorMemory(uint64_t n, uint64_t bound);
 // kernel memory of each map (memlock, /proc/self/fdinfo). The programs are
 // attached while measured and detached on return.
 nlohmann::ordered_json bpfMapMemory(uint32_t entries);
+
+// The BPF maps process `pid` holds (/proc/PID/fdinfo): each one's type, size
+// and memlock, and their total.
+nlohmann::ordered_json bpfMapsOf(pid_t pid);
 
 // Heap bytes in use (mallinfo2().uordblks + hblkhd) and VmRSS of this process.
 uint64_t heapBytes();

@@ -73,14 +73,18 @@ json budgets(const json& result, int grace_ms) {
     }
   }
   if (result.contains("memory") && result["memory"].contains("real")) {
-    double peak = 0;
-    uint64_t held = 0;
-    for (const auto& [path, p] : result["memory"]["real"].items()) {
-      peak = std::max(peak, p.value("agent_peak_rss_mib", 0.0));
-      held = std::max<uint64_t>(held, p.value("held", 0));
+    // The budget is for 100k tracked sockets; each level is shown.
+    for (const auto& level : result["memory"]["real"]) {
+      double peak = 0;
+      uint64_t held = 0;
+      for (const std::string path : {"captured", "bypassed"}) {
+        if (!level.contains(path)) continue;
+        peak = std::max(peak, level[path].value("agent_peak_rss_mib", 0.0));
+        held = std::max<uint64_t>(held, level[path].value("held", 0));
+      }
+      budget(out, "agent peak RSS with " + thousands(static_cast<double>(held)) + " tracked sockets",
+             peak, 64, false, "MiB");
     }
-    budget(out, "agent peak RSS with " + thousands(static_cast<double>(held)) + " tracked sockets", peak,
-           64, false, "MiB");
   }
   if (result.contains("micro")) {
     double min_rate = -1;
@@ -204,14 +208,25 @@ void printTable(const json& r, std::ostream& out) {
     const json& mem = r["memory"];
     if (mem.contains("real")) {
       out << "\nmemory, real connections held open (agent process, kernel sockets):\n";
-      for (const auto& [path, p] : mem["real"].items()) {
-        const json& a = p.contains("agent_while_held") ? p["agent_while_held"] : p["agent"];
-        out << "  " << path << ": " << thousands(p.value("held", 0)) << " concurrent, agent RSS "
-            << fmt("%.1f", a["rss_kib"].get<double>() / 1024) << " MiB while held, peak "
-            << fmt("%.1f", p["agent_peak_rss_mib"].get<double>()) << " MiB; verdicts "
-            << (p["exact"].get<bool>() ? "exact" : "DIFFER") << " (" << p["agent"]["verdicts"].dump()
-            << "), owner insert failures " << p["agent"]["owner_insert_failed"]
-            << ", correlator evictions " << p["agent"]["correlator_evictions"] << "\n";
+      for (const auto& level : mem["real"]) {
+        for (const std::string path : {"captured", "bypassed"}) {
+          if (!level.contains(path)) continue;
+          const json& p = level[path];
+          const json& a = p.contains("agent_while_held") ? p["agent_while_held"] : p["agent"];
+          out << "  " << path << ": " << thousands(p.value("held", 0)) << " concurrent, agent RSS "
+              << fmt("%.1f", a["rss_kib"].get<double>() / 1024) << " MiB while held, peak "
+              << fmt("%.1f", p["agent_peak_rss_mib"].get<double>()) << " MiB; verdicts "
+              << (p["exact"].get<bool>() ? "exact" : "DIFFER") << " (" << p["agent"]["verdicts"].dump()
+              << "), owner insert failures " << p["agent"]["owner_insert_failed"]
+              << ", correlator evictions " << p["agent"]["correlator_evictions"];
+          if (p.contains("agent_bpf_maps_while_held")) {
+            out << "; BPF maps "
+                << fmt("%.1f", p["agent_bpf_maps_while_held"]["total_memlock_bytes"].get<double>() / 1048576)
+                << " MiB, machine memory used "
+                << fmt("%.0f", p.value("machine_memory_used_while_held_mib", 0.0)) << " MiB";
+          }
+          out << "\n";
+        }
       }
     }
     if (mem.contains("synthetic_correlator")) {

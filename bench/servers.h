@@ -18,7 +18,7 @@ struct ServerConfig {
   enum class Mode { kClose, kHold } mode = Mode::kClose;
   std::vector<uint16_t> ports;  // each on [::] (dual stack)
   int workers = 2;              // threads, each with its own listener per port
-  int backlog = 262144;         // capped by net.core.somaxconn of the netns
+  int backlog = 2097152;        // capped by net.core.somaxconn of the netns
   std::chrono::seconds lifetime{600};
 };
 
