@@ -214,8 +214,9 @@ int Probe::drain() {
   // records are held here (they cannot go before its older ones): past
   // kHeldRounds budgets of them, the rings that are not behind wait in the
   // kernel instead (a ring that overflows meanwhile counts its losses).
-  const bool held_full = reorder_.held() >= static_cast<size_t>(read_budget_) * kHeldRounds &&
-                         std::any_of(readers_.begin(), readers_.end(), [](const auto& r) { return r->more; });
+  const bool held_full =
+      reorder_.held() >= static_cast<size_t>(read_budget_) * kHeldRounds &&
+      std::any_of(readers_.begin(), readers_.end(), [](const auto& r) { return r->more; });
   uint32_t budget = read_budget_;
   int n = 0;
   for (auto& r : readers_) r->skipped = held_full && !r->more;
@@ -232,7 +233,7 @@ int Probe::drain() {
       const uint32_t got = take - r->left;
       n += static_cast<int>(got);
       budget -= got;
-      if (err < 0 && err != kShareTaken && err != -EINTR) {
+      if (err < 0 && err != kShareTaken) {
         throw ProbeError("ring buffer read failed: " + std::string(strerror(-err)));
       }
       r->more = err == kShareTaken;

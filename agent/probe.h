@@ -100,8 +100,8 @@ class Probe {
   // later ones are held for the next read. Returns the number of records
   // read from the kernel.
   int drain();
-  // The last read left records in a ring (its share was taken): read again
-  // at once.
+  // The last read left records in a ring (its share was taken, or it was
+  // not read while enough waited for a late one): read again at once.
   bool behind() const { return behind_; }
   // Every record stamped before this time (CLOCK_MONOTONIC, ns) has been
   // handed to the handler: the time up to which the agent may decide.

@@ -83,9 +83,9 @@ void sleepFor(std::chrono::milliseconds d) {
   }
 }
 
-// The largest --hold level: 1M concurrent connections need about 7 GiB of
-// kernel memory (the app's socket, the server's, conntrack) and 20 source
-// addresses.
+// The largest --hold level: 1M concurrent connections took about 6 GiB of
+// the machine (the app's socket, the server's, conntrack) and 40 source
+// addresses (holdPart).
 constexpr uint64_t kMaxHold = 1'000'000;
 
 struct Options {
@@ -902,7 +902,6 @@ json summarize(const json& phases, const Options& o) {
 // clock reads per run): one storm per path with the agent on.
 json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& work_dir) {
   json j = json::object();
-  // The kernel counts while any holder keeps it on.
   SysctlWhile stats_on("/proc/sys/kernel/bpf_stats_enabled", 1);
   for (const auto& name : o.paths) {
     const PathSpec path = pathSpec(name);

@@ -102,8 +102,8 @@ TEST(StartupScanClassify, ConntrackFilterKeepsOnlyTheSocketsEntries) {
   EXPECT_FALSE(keep(plainEntry(ep("::", kRedirect), ep("::", 0))));
   EXPECT_FALSE(conntrackFilterFor({})(plainEntry(ep("198.18.0.2", 40000), ep("198.18.0.1", 32000))));
 
-  // Classification ignores the entries the filter drops: an ended
-  // connection's entry does not change the verdict of a socket it is not.
+  // And an ended connection's entry, which the filter drops, does not change
+  // the verdict of a socket it is not.
   std::vector<ConntrackEntry> table;
   for (uint16_t port = 41000; port < 41100; ++port) {
     table.push_back(redirectEntry(ep("198.18.0.2", port), ep("198.18.0.1", 32000),
