@@ -40,16 +40,21 @@ class ReorderBuffer {
  private:
   struct Entry {
     uint64_t ts_ns;
-    uint64_t seq;  // order added: ties keep it
     uint32_t offset;
     uint32_t size;
   };
+  // Puts entries_ in time order by merging its runs (each ring's records are
+  // in order already: a read of k rings adds k runs). Stable: equal stamps
+  // keep the order they were added in.
+  void mergeRuns();
+
   std::vector<uint8_t> bytes_;
   std::vector<Entry> entries_;
+  std::vector<size_t> run_starts_;   // where entries_ goes back in time, in order
+  std::vector<Entry> merge_scratch_;  // scratch for mergeRuns(), reused
+  std::vector<size_t> merge_runs_;
   std::vector<uint8_t> kept_bytes_;  // scratch for release(), reused
   std::vector<Entry> kept_entries_;
-  uint64_t seq_ = 0;
-  bool sorted_ = true;
 };
 
 }  // namespace cw

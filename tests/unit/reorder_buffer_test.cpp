@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -109,6 +111,41 @@ TEST(ReorderBufferTest, ShortRecordsAreHandedOutFirstNotLost) {
   EXPECT_EQ(b.release(5, out.sink()), 1u);
   EXPECT_EQ(out.tags, (std::vector<std::string>{"short:3"}));
   EXPECT_EQ(b.held(), 1u);
+}
+
+TEST(ReorderBufferTest, ReadsOfManyRingsComeOutAsAStableSortWould) {
+  // Each read takes 1 to 7 rings in turn, each ring in time order, with
+  // stamps that collide across rings, and releases up to a point: what comes
+  // out, over all the reads, is the records in time order, equal stamps in
+  // the order they were added (a stable sort of everything added).
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 50; ++trial) {
+    ReorderBuffer b;
+    Collect out;
+    std::vector<std::pair<uint64_t, std::string>> added;
+    uint64_t t0 = 0;
+    int n = 0;
+    for (int read = 0; read < 6; ++read) {
+      const int rings = 1 + static_cast<int>(rng() % 7);
+      for (int ring = 0; ring < rings; ++ring) {
+        uint64_t ts = t0 + rng() % 4;
+        for (int k = static_cast<int>(rng() % 20); k > 0; --k) {
+          ts += rng() % 3;  // in order within a ring, equal stamps common
+          const std::string tag = "r" + std::to_string(n++);
+          added.emplace_back(ts, tag);
+          b.add(rec(ts, tag));
+        }
+      }
+      t0 += 30;
+      b.release(t0 - static_cast<uint64_t>(rng() % 40), out.sink());
+    }
+    b.releaseAll(out.sink());
+    std::stable_sort(added.begin(), added.end(),
+                     [](const auto& a, const auto& c) { return a.first < c.first; });
+    std::vector<std::string> want;
+    for (const auto& [ts, tag] : added) want.push_back(tag);
+    ASSERT_EQ(out.tags, want) << "trial " << trial;
+  }
 }
 
 }  // namespace
