@@ -132,7 +132,8 @@ PodLabels Metrics::bounded(const PodLabels& pod) {
   return PodLabels{pod.namespace_, "_other", "_other"};
 }
 
-void Metrics::addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason) {
+prometheus::Counter& Metrics::connectionCounter(const PodLabels& pod, Verdict verdict,
+                                                const std::string& reason) {
   auto it = connection_cache_.find(std::tie(pod, verdict, reason));
   if (it == connection_cache_.end()) {
     auto labels = podLabels(bounded(pod));
@@ -140,7 +141,11 @@ void Metrics::addConnection(const PodLabels& pod, Verdict verdict, const std::st
     labels["reason"] = reason;
     it = connection_cache_.emplace(std::make_tuple(pod, verdict, reason), &connections_.Add(labels)).first;
   }
-  it->second->Increment();
+  return *it->second;
+}
+
+void Metrics::addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason) {
+  connectionCounter(pod, verdict, reason).Increment();
 }
 
 void Metrics::addBypassRejected(const PodLabels& pod) {

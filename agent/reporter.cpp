@@ -51,6 +51,7 @@ Reporter::Reporter(Metrics* metrics) : metrics_(metrics) {}
 
 void Reporter::addTarget(uint32_t netns, PodLabels pod) {
   gap_index_.clear();
+  hot_.clear();
   tallies_.try_emplace(pod);
   targets_[netns] = std::move(pod);
 }
@@ -59,6 +60,7 @@ void Reporter::removeTarget(uint32_t netns) {
   auto it = targets_.find(netns);
   if (it == targets_.end()) return;
   gap_index_.clear();
+  hot_.clear();
   tallies_.erase(it->second);
   targets_.erase(it);
 }
@@ -131,16 +133,40 @@ Gap* Reporter::gapFor(const PodLabels& pod, const Connection& conn, const Why& w
   return &it->second;
 }
 
+Reporter::TargetHot& Reporter::hot(uint32_t netns) {
+  auto [it, added] = hot_.try_emplace(netns);
+  if (added) {
+    // A netns not (or no longer) a target reports as unknown_: cached too,
+    // until the targets change.
+    it->second.pod = &pod(netns);
+    it->second.tally = &tallies_[*it->second.pod];
+    if (metrics_ != nullptr) {
+      for (Verdict v : kAllVerdicts) {
+        if (v == Verdict::Bypassed) continue;  // its counter depends on the reason
+        it->second.counters[static_cast<size_t>(v)] = &metrics_->connectionCounter(*it->second.pod, v, "");
+      }
+    }
+  }
+  return it->second;
+}
+
 void Reporter::report(const Decision& decision, const Why& why) {
   const Connection& conn = decision.conn;
-  const PodLabels& pod = this->pod(conn.netns);
-  PodTally& tally = tallies_[pod];
+  TargetHot& target = hot(conn.netns);
+  const PodLabels& pod = *target.pod;
+  PodTally& tally = *target.tally;
   const bool bypassed = conn.verdict == Verdict::Bypassed;
   const bool rejected = bypassed && isRejection(conn.outcome);
 
   if (decision.type == Decision::Type::Verdict) {
     tally.by_verdict[static_cast<size_t>(conn.verdict)]++;
-    if (metrics_ != nullptr) metrics_->addConnection(pod, conn.verdict, bypassed ? why.reason : "");
+    if (metrics_ != nullptr) {
+      if (bypassed) {
+        metrics_->addConnection(pod, conn.verdict, why.reason);
+      } else {
+        target.counters[static_cast<size_t>(conn.verdict)]->Increment();
+      }
+    }
     if (conn.verdict == Verdict::Unknown) {
       // Events were lost while this connection waited for its accept. The
       // pod's first such verdict at warn, the rest at debug (all counted).

@@ -94,6 +94,18 @@ class Reporter {
     size_t operator()(const GapDst& k) const;
   };
   absl::flat_hash_map<GapDst, std::vector<std::pair<std::string, Gap*>>, GapDstHash> gap_index_;
+  // What a verdict of a watched netns needs, found once: its pod, its tally
+  // and the counters of its verdicts without a reason (all but bypassed).
+  // report() would otherwise look the pod up by its labels twice per verdict
+  // (the tally, the counter), comparing strings. Cleared when the targets
+  // change, like gap_index_.
+  struct TargetHot {
+    const PodLabels* pod = nullptr;
+    PodTally* tally = nullptr;
+    std::array<prometheus::Counter*, std::size(kAllVerdicts)> counters{};
+  };
+  TargetHot& hot(uint32_t netns);
+  absl::flat_hash_map<uint32_t, TargetHot> hot_;
 };
 
 }  // namespace cw

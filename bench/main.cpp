@@ -733,43 +733,45 @@ void progress(const std::string& text) {
 // ---- the parts ----------------------------------------------------------------
 
 // Rounds of every path with the agent off and on, alternated (off,on then
-// on,off, ...): the machine's drift hits both alike.
+// on,off, ...), each path's two storms back to back (an agent is started for
+// each "on" storm): the machine's drift, which moves the rate by 10-20% over
+// tens of seconds on this guest, hits both alike.
 json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_dir) {
   json phases = json::array();
   for (int round = 0; round < o.rounds; ++round) {
     const bool on_first = round % 2 == 1;
-    for (int k = 0; k < 2; ++k) {
-      const bool on = (k == 0) == on_first;
-      if ((on && !o.with_on) || (!on && !o.with_off)) continue;
-      std::optional<AgentProcess> agent;
-      std::optional<lab::ChildProcess> raw;
-      if (on && !o.raw_attach.empty()) {
-        std::string cmd = o.raw_attach;
-        for (size_t at; (at = cmd.find("{netns}")) != std::string::npos;) {
-          cmd.replace(at, 7, bp.pod->podNetnsPath());
+    for (const auto& name : o.paths) {
+      for (int k = 0; k < 2; ++k) {
+        const bool on = (k == 0) == on_first;
+        if ((on && !o.with_on) || (!on && !o.with_off)) continue;
+        std::optional<AgentProcess> agent;
+        std::optional<lab::ChildProcess> raw;
+        if (on && !o.raw_attach.empty()) {
+          std::string cmd = o.raw_attach;
+          for (size_t at; (at = cmd.find("{netns}")) != std::string::npos;) {
+            cmd.replace(at, 7, bp.pod->podNetnsPath());
+          }
+          for (size_t at; (at = cmd.find("{sidecar_cgroup}")) != std::string::npos;) {
+            cmd.replace(at, 16, bp.pod->sidecarCgroup());
+          }
+          lab::SpawnOptions nowhere;
+          raw.emplace(lab::spawnInPod(nowhere, [cmd](int fd) {
+            lab::writeFrame(fd, lab::kFrameReady, "");
+            ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+          }));
+          lab::readFrame(raw->reportFd(), Clock::now() + 5s);
+          sleepFor(500ms);  // let it load and attach
+        } else if (on) {
+          const uint16_t port = freePort();
+          agent.emplace(o.agent, agentArgs(bp, o, port),
+                        work_dir + "/agent-round" + std::to_string(round) + "-" + name + ".log", port);
+          agent->waitReady(20s);
+        } else {
+          // The kernel frees a stopped agent's programs a little later: an off
+          // phase measured meanwhile would still pay for them.
+          const auto until = Clock::now() + 5s;
+          while (foreignBpfPrograms({}) > 0 && Clock::now() < until) sleepFor(50ms);
         }
-        for (size_t at; (at = cmd.find("{sidecar_cgroup}")) != std::string::npos;) {
-          cmd.replace(at, 16, bp.pod->sidecarCgroup());
-        }
-        lab::SpawnOptions nowhere;
-        raw.emplace(lab::spawnInPod(nowhere, [cmd](int fd) {
-          lab::writeFrame(fd, lab::kFrameReady, "");
-          ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-        }));
-        lab::readFrame(raw->reportFd(), Clock::now() + 5s);
-        sleepFor(500ms);  // let it load and attach
-      } else if (on) {
-        const uint16_t port = freePort();
-        agent.emplace(o.agent, agentArgs(bp, o, port),
-                      work_dir + "/agent-round" + std::to_string(round) + ".log", port);
-        agent->waitReady(20s);
-      } else {
-        // The kernel frees a stopped agent's programs a little later: an off
-        // phase measured meanwhile would still pay for them.
-        const auto until = Clock::now() + 5s;
-        while (foreignBpfPrograms({}) > 0 && Clock::now() < until) sleepFor(50ms);
-      }
-      for (const auto& name : o.paths) {
         checkInterrupted();
         const PathSpec path = pathSpec(name);
         std::optional<Snapshot> before;
@@ -807,10 +809,10 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
                          : "");
         progress(line);
         phases.push_back(std::move(phase));
-      }
-      if (agent) {
-        const int status = agent->stop();
-        if (status != 0) progress("warning: the agent exited with status " + std::to_string(status));
+        if (agent) {
+          const int status = agent->stop();
+          if (status != 0) progress("warning: the agent exited with status " + std::to_string(status));
+        }
       }
     }
   }

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 
 namespace cw {
@@ -87,6 +88,54 @@ TEST(ReporterTest, TwoNetnsOfOnePodShareItsGap) {
   const auto gaps = r.gaps();
   ASSERT_EQ(gaps.size(), 1u);
   EXPECT_EQ(gaps[0].count, 3u);
+}
+
+// capturewatch_connections_total of one pod and verdict (reason "").
+double connections(const Metrics& m, const std::string& pod, const std::string& verdict) {
+  for (const auto& family : m.registry()->Collect()) {
+    if (family.name != "capturewatch_connections_total") continue;
+    for (const auto& metric : family.metric) {
+      std::map<std::string, std::string> labels;
+      for (const auto& l : metric.label) labels[l.name] = l.value;
+      if (labels["pod"] == pod && labels["verdict"] == verdict && labels["reason"].empty()) {
+        return metric.counter.value;
+      }
+    }
+  }
+  return 0;
+}
+
+TEST(ReporterTest, VerdictsCountForThePodTheirNetnsIsNow) {
+  // The reporter keeps each netns's pod, tally and counters between
+  // verdicts: a netns that becomes another pod's counts for that pod.
+  Metrics m;
+  Reporter r(&m);
+  r.addTarget(7, PodLabels{"shop", "gateway-1", "gateway"});
+  Decision d = bypassed(7, "198.19.0.1", 80, 100);
+  d.conn.verdict = Verdict::Captured;
+  r.report(d);
+  d.conn.verdict = Verdict::Proxy;
+  r.report(d);
+  r.removeTarget(7);
+  r.addTarget(7, PodLabels{"shop", "gateway-2", "gateway"});
+  d.conn.verdict = Verdict::Captured;
+  r.report(d);
+  r.report(d);
+  r.addTarget(8, PodLabels{"shop", "gateway-3", "gateway"});  // targets change again
+  d.conn.netns = 8;
+  r.report(d);
+  d.conn.netns = 9;  // not a target
+  r.report(d);
+
+  EXPECT_EQ(connections(m, "gateway-1", "captured"), 1);
+  EXPECT_EQ(connections(m, "gateway-1", "proxy"), 1);
+  EXPECT_EQ(connections(m, "gateway-2", "captured"), 2);
+  EXPECT_EQ(connections(m, "gateway-2", "proxy"), 0);
+  EXPECT_EQ(connections(m, "gateway-3", "captured"), 1);
+  EXPECT_EQ(connections(m, "unknown", "captured"), 1);
+  EXPECT_EQ(r.tallies().at(PodLabels{"shop", "gateway-2", "gateway"}).count(Verdict::Captured), 2u);
+  EXPECT_EQ(r.tallies().at(PodLabels{"shop", "gateway-3", "gateway"}).count(Verdict::Captured), 1u);
+  EXPECT_EQ(r.tallies().count(PodLabels{"shop", "gateway-1", "gateway"}), 0u);  // removed with its target
 }
 
 TEST(ReporterTest, GapsBeyondTheBoundAreCountedAsDropped) {
