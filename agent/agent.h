@@ -39,7 +39,8 @@ struct AgentOptions {
 class Agent {
  public:
   // Explains a bypassed connection (reason, deciding rule, remedy).
-  using Explainer = std::function<Why(const Connection&)>;
+  // Returns a reference valid until the next call (CaptureExplainer::explain).
+  using Explainer = std::function<const Why&(const Connection&)>;
 
   // Binds the metrics address, then loads and attaches the BPF programs.
   // Throws HttpError or ProbeError with a message for the user.

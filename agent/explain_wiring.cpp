@@ -34,7 +34,8 @@ std::unique_ptr<CaptureExplainer> attachExplainer(Agent& agent, const ExplainSet
       ex->removeTarget(t.netns);
     }
   });
-  agent.setExplainer([ex](const Connection& conn) { return ex->explain(conn, monotonicNowNs()); });
+  agent.setExplainer(
+      [ex](const Connection& conn) -> const Why& { return ex->explain(conn, monotonicNowNs()); });
   agent.addPeriodic([ex, interval = settings.rules_interval_ns] {
     ex->refresh(monotonicNowNs(), interval);
   });

@@ -362,9 +362,9 @@ const CaptureExplainer::Brief& CaptureExplainer::explainWith(Snapshot& s, bool i
   if (auto it = memo.find(key); it != memo.end()) return it->second;
   if (memo.size() >= kMemoEntries) memo.clear();
   rules::Explanation e = rules::explain(rules::Evaluator(rs), *policy, rc, redirect_port_);
-  return memo
-      .emplace(std::move(key), Brief{e.captured, e.reason, std::move(e.rule), std::move(e.remedy)})
-      .first->second;
+  Brief brief{e.captured, e.rule, Why{}};
+  if (!e.captured) brief.why = Why{reasonLabel(e.reason), std::move(e.rule), std::move(e.remedy)};
+  return memo.emplace(std::move(key), std::move(brief)).first->second;
 }
 
 bool CaptureExplainer::explainedByLastRead(Target& t, const Connection& conn) {
@@ -376,9 +376,9 @@ bool CaptureExplainer::explainedByLastRead(Target& t, const Connection& conn) {
   return !explainWith(t.history.back(), ipv6, ruleConnection(t, conn)).captured;
 }
 
-Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
+const Why& CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
   auto it = targets_.find(conn.netns);
-  if (it == targets_.end()) return Why{"unknown", "", "the pod's rules were never read"};
+  if (it == targets_.end()) return answer(Why{"unknown", "", "the pod's rules were never read"});
   Target& t = it->second;
   // A gap may follow a rule change: look again, at a bounded rate, unless
   // the rules last read already explain it (they were in force when it was
@@ -392,25 +392,25 @@ Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
 
   const PodRules& now = *t.history.back().rules;
   if (!now.error.empty()) {
-    return Why{"unknown", "", "the pod's rules could not be read: " + now.error};
+    return answer(Why{"unknown", "", "the pod's rules could not be read: " + now.error});
   }
   const bool ipv6 = !conn.dst.addr.isV4();
   const rules::RuleSet* rs = now.forFamily(ipv6);
   if (!now.hasIstioChains() || rs == nullptr) {
     std::string where = now.hasIstioChains() ? std::string(ipv6 ? "IPv6" : "IPv4") + " " : "";
-    return Why{"no-capture-rules", "",
-               "no Istio " + where +
-                   "capture rules in the pod's network namespace: the sidecar was injected "
-                   "without istio-init or the Istio CNI plugin (or interceptionMode is NONE, or "
-                   "the CNI plugin had not run yet when the pod started); restart the pod once "
-                   "the CNI plugin or init container is in place"};
+    return answer(Why{"no-capture-rules", "",
+                      "no Istio " + where +
+                          "capture rules in the pod's network namespace: the sidecar was injected "
+                          "without istio-init or the Istio CNI plugin (or interceptionMode is NONE, "
+                          "or the CNI plugin had not run yet when the pod started); restart the pod "
+                          "once the CNI plugin or init container is in place"});
   }
 
   const rules::Connection rc = ruleConnection(t, conn);
   // A reference into the last snapshot's memo: the loop below only finds this
   // key there again (no insert, so no clear) and inserts into older ones.
   const Brief& e = explainWith(t.history.back(), ipv6, rc);
-  if (!e.captured) return Why{reasonLabel(e.reason), e.rule, e.remedy};
+  if (!e.captured) return e.why;
 
   // The rules capture this connection now. If an earlier read had rules
   // that did not, and the connection was opened before the first read that
@@ -427,15 +427,15 @@ Why CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
     capture_since = s->read_ns;
   }
   if (earlier_without && conn.established_ns < capture_since) {
-    return Why{"predates-rules", e.rule,
-               "the connection was opened before the pod's capture rules were installed (late "
-               "istio-init or CNI, or rules reloaded); the rules capture it now: make the app "
-               "reconnect or restart the pod, and make the app wait for the sidecar "
-               "(holdApplicationUntilProxyStarts)"};
+    return answer(Why{"predates-rules", e.rule,
+                      "the connection was opened before the pod's capture rules were installed "
+                      "(late istio-init or CNI, or rules reloaded); the rules capture it now: make "
+                      "the app reconnect or restart the pod, and make the app wait for the "
+                      "sidecar (holdApplicationUntilProxyStarts)"});
   }
-  return Why{"unknown", e.rule,
-             "the pod's rules redirect this connection to the sidecar, yet it went direct: "
-             "check for other netfilter rules or backends in the pod (capturewatch explain)"};
+  return answer(Why{"unknown", e.rule,
+                    "the pod's rules redirect this connection to the sidecar, yet it went direct: "
+                    "check for other netfilter rules or backends in the pod (capturewatch explain)"});
 }
 
 }  // namespace cw

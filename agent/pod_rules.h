@@ -74,7 +74,10 @@ class CaptureExplainer {
   // (ok, failed) counts of reads done.
   std::pair<int, int> refresh(uint64_t now_ns, uint64_t max_age_ns);
 
-  Why explain(const Connection& conn, uint64_t now_ns);
+  // Why conn, seen bypassed, was not captured. The reference is valid until
+  // the next call of explain, refresh, addTarget or removeTarget (it names
+  // an explanation memoised with the rules, not a copy).
+  const Why& explain(const Connection& conn, uint64_t now_ns);
 
   // Called after each read with its result (for metrics and logs).
   std::function<void(uint32_t netns, const PodRules&, bool changed)> on_read;
@@ -85,9 +88,8 @@ class CaptureExplainer {
   // What explaining one connection against one snapshot found.
   struct Brief {
     bool captured = false;
-    rules::Reason reason = rules::Reason::None;
     std::string rule;
-    std::string remedy;
+    Why why;  // when not captured: what explain() returns
   };
   // The fields of a rules::Connection the agent varies (protocol is TCP and
   // the mark 0 for every connection it explains).
@@ -129,6 +131,9 @@ class CaptureExplainer {
   };
 
   bool read(uint32_t netns, Target& t, uint64_t now_ns);
+  // explain()'s answer when it is not a memoised one.
+  const Why& answer(Why why) { return answer_ = std::move(why); }
+  Why answer_;
   // The last read rules are readable, have Istio's chains and say this
   // connection is not captured: no re-read is needed to explain it.
   bool explainedByLastRead(Target& t, const Connection& conn);

@@ -12,6 +12,7 @@
 #include "correlator.h"
 #include "logging.h"
 #include "metrics.h"
+#include "pod_rules.h"
 #include "reporter.h"
 #include "rules/evaluator.h"
 #include "rules/explain.h"
@@ -125,6 +126,35 @@ BENCHMARK(BM_RulesExplainOwnerUid);
 
 void BM_RulesExplainCaptured(benchmark::State& state) { explainBench(state, 1000); }
 BENCHMARK(BM_RulesExplainCaptured);
+
+// What the agent asks per bypassed verdict (CaptureExplainer::explain): a
+// storm of the proxy's UID to one upstream, Istio's default rules read once
+// (given as text: no netns), so every answer after the first is memoised.
+void BM_ExplainRepeatedBypass(benchmark::State& state) {
+  const std::string rules = readFixture("basic.iptables");
+  CaptureExplainer ex(
+      [&rules](const std::string&) {
+        RulesText t;
+        t.iptables_nft_v4 = rules;
+        return t;
+      },
+      [](const std::string&, const Address&) { return Route{"eth0", std::nullopt}; }, 15001,
+      UINT64_MAX / 2);
+  ex.addTarget(kNetns, "/run/netns/bench", 1);
+  Decision d = decision(Verdict::Bypassed, 1337, 40000);
+  if (ex.explain(d.conn, 2).reason != "owner-uid") {
+    state.SkipWithError("the rules did not explain the bypass by the proxy's UID");
+    return;
+  }
+  size_t reasons = 0;
+  for (auto _ : state) {
+    reasons += ex.explain(d.conn, 2).reason.size();
+    d.conn.src.port = static_cast<uint16_t>(d.conn.src.port + 1);
+  }
+  benchmark::DoNotOptimize(reasons);
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()));
+}
+BENCHMARK(BM_ExplainRepeatedBypass);
 
 }  // namespace
 }  // namespace cw
