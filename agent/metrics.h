@@ -42,7 +42,8 @@ class Metrics {
   void addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason);
   // The counter addConnection(pod, verdict, reason) increments, for a caller
   // that keeps it (valid as long as this Metrics).
-  prometheus::Counter& connectionCounter(const PodLabels& pod, Verdict verdict, const std::string& reason);
+  prometheus::Counter& connectionCounter(const PodLabels& pod, Verdict verdict,
+                                         const std::string& reason);
   void addBypassRejected(const PodLabels& pod);
   void setPodWithoutSidecar(const PodLabels& pod, bool without);
   // Removes every series of a pod that is gone.

@@ -398,12 +398,13 @@ const Why& CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
   const rules::RuleSet* rs = now.forFamily(ipv6);
   if (!now.hasIstioChains() || rs == nullptr) {
     std::string where = now.hasIstioChains() ? std::string(ipv6 ? "IPv6" : "IPv4") + " " : "";
-    return answer(Why{"no-capture-rules", "",
-                      "no Istio " + where +
-                          "capture rules in the pod's network namespace: the sidecar was injected "
-                          "without istio-init or the Istio CNI plugin (or interceptionMode is NONE, "
-                          "or the CNI plugin had not run yet when the pod started); restart the pod "
-                          "once the CNI plugin or init container is in place"});
+    return answer(
+        Why{"no-capture-rules", "",
+            "no Istio " + where +
+                "capture rules in the pod's network namespace: the sidecar was injected "
+                "without istio-init or the Istio CNI plugin (or interceptionMode is NONE, "
+                "or the CNI plugin had not run yet when the pod started); restart the pod "
+                "once the CNI plugin or init container is in place"});
   }
 
   const rules::Connection rc = ruleConnection(t, conn);
@@ -433,9 +434,10 @@ const Why& CaptureExplainer::explain(const Connection& conn, uint64_t now_ns) {
                       "the app reconnect or restart the pod, and make the app wait for the "
                       "sidecar (holdApplicationUntilProxyStarts)"});
   }
-  return answer(Why{"unknown", e.rule,
-                    "the pod's rules redirect this connection to the sidecar, yet it went direct: "
-                    "check for other netfilter rules or backends in the pod (capturewatch explain)"});
+  return answer(
+      Why{"unknown", e.rule,
+          "the pod's rules redirect this connection to the sidecar, yet it went direct: "
+          "check for other netfilter rules or backends in the pod (capturewatch explain)"});
 }
 
 }  // namespace cw

@@ -9,7 +9,8 @@ void ReorderBuffer::add(std::span<const uint8_t> record) {
   uint64_t ts = 0;
   if (record.size() >= sizeof ts) std::memcpy(&ts, record.data(), sizeof ts);
   if (!entries_.empty() && ts < entries_.back().ts_ns) run_starts_.push_back(entries_.size());
-  entries_.push_back(Entry{ts, static_cast<uint32_t>(bytes_.size()), static_cast<uint32_t>(record.size())});
+  entries_.push_back(
+      Entry{ts, static_cast<uint32_t>(bytes_.size()), static_cast<uint32_t>(record.size())});
   bytes_.insert(bytes_.end(), record.begin(), record.end());
 }
 

@@ -143,7 +143,8 @@ Reporter::TargetHot& Reporter::hot(uint32_t netns) {
     if (metrics_ != nullptr) {
       for (Verdict v : kAllVerdicts) {
         if (v == Verdict::Bypassed) continue;  // its counter depends on the reason
-        it->second.counters[static_cast<size_t>(v)] = &metrics_->connectionCounter(*it->second.pod, v, "");
+        it->second.counters[static_cast<size_t>(v)] =
+            &metrics_->connectionCounter(*it->second.pod, v, "");
       }
     }
   }

@@ -764,7 +764,8 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         } else if (on) {
           const uint16_t port = freePort();
           agent.emplace(o.agent, agentArgs(bp, o, port),
-                        work_dir + "/agent-round" + std::to_string(round) + "-" + name + ".log", port);
+                        work_dir + "/agent-round" + std::to_string(round) + "-" + name + ".log",
+                        port);
           agent->waitReady(20s);
         } else {
           // The kernel frees a stopped agent's programs a little later: an off
@@ -811,7 +812,8 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         phases.push_back(std::move(phase));
         if (agent) {
           const int status = agent->stop();
-          if (status != 0) progress("warning: the agent exited with status " + std::to_string(status));
+          if (status != 0)
+            progress("warning: the agent exited with status " + std::to_string(status));
         }
       }
     }

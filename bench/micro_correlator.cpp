@@ -257,7 +257,8 @@ void BM_ReorderTwoRings(benchmark::State& state) {
     for (int ring = 0; ring < kRings; ++ring) {
       for (int k = 0; k < kPerRing; ++k) {
         auto& rec = read[static_cast<size_t>(ring * kPerRing + k)];
-        const uint64_t ts = t0 + (static_cast<uint64_t>(k) * kRings + ring) * kReadNs / (kPerRing * kRings);
+        const uint64_t ts =
+            t0 + (static_cast<uint64_t>(k) * kRings + ring) * kReadNs / (kPerRing * kRings);
         std::memcpy(rec.data(), &ts, sizeof ts);
         b.add(rec);
       }
