@@ -26,7 +26,7 @@ struct CommonOptions {
   uint16_t redirect_port = 15001;
   uint32_t grace_ms = 200;
   uint32_t ring_buffer_kb = 4096;
-  uint32_t max_tracked_sockets = 131072;  // kernel owner map: open app sockets tracked at once
+  uint32_t max_tracked_sockets = 131072;  // kernel owner table: open app sockets tracked at once
 };
 
 struct RunOptions {

@@ -97,7 +97,17 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
   const int ncpu = libbpf_num_possible_cpus();
   if (ncpu <= 0) throw ProbeError("cannot count the CPUs: " + std::string(strerror(-ncpu)));
   bpf_map__set_max_entries(probe->skel_->maps.rings, static_cast<uint32_t>(ncpu));
-  bpf_map__set_max_entries(probe->skel_->maps.owners, options.max_tracked_sockets);
+  // The owner table has twice the slots of the sockets it must hold, in
+  // buckets of CW_OWNER_BUCKET_SLOTS (capture.bpf.c): a socket whose two buckets
+  // are both full is counted, which with at most max_tracked_sockets open
+  // practically never happens.
+  const uint64_t owner_buckets =
+      (2 * static_cast<uint64_t>(options.max_tracked_sockets) + CW_OWNER_BUCKET_SLOTS - 1) /
+      CW_OWNER_BUCKET_SLOTS;
+  probe->skel_->rodata->owner_buckets = static_cast<uint32_t>(owner_buckets);
+  bpf_map__set_max_entries(probe->skel_->maps.owner_keys, static_cast<uint32_t>(owner_buckets));
+  bpf_map__set_max_entries(probe->skel_->maps.owners,
+                           static_cast<uint32_t>(owner_buckets * CW_OWNER_BUCKET_SLOTS));
 
   if (int err = capture_bpf::load(probe->skel_); err != 0) {
     throw ProbeError("cannot load the BPF programs: " + std::string(strerror(-err)) +

@@ -36,7 +36,7 @@ struct ProbeOptions {
   // CPU gets the largest power of two <= ring_buffer_bytes / CPUs (at least
   // a page).
   uint32_t ring_buffer_bytes = 4u << 20;
-  uint32_t max_tracked_sockets = 131072;  // owner map entries (open app sockets tracked)
+  uint32_t max_tracked_sockets = 131072;  // open app sockets tracked (owner table: twice the slots)
   // Records one read (drain()) takes, all rings together (each ring gets an
   // equal share, at least one): what the agent holds between the rings and
   // the correlator stays bounded however fast the kernel writes. A read that
@@ -46,7 +46,7 @@ struct ProbeOptions {
 
 struct ProbeCounters {
   uint64_t ringbuf_lost = 0;         // records dropped: ring buffer full
-  uint64_t owner_insert_failed = 0;  // owner map updates that failed
+  uint64_t owner_insert_failed = 0;  // sockets whose two owner buckets were full
   uint64_t submitted = 0;            // records submitted
   // Of ringbuf_lost: app connections whose established/failed record was
   // lost (never seen), and accepts on the redirect port that were lost.

@@ -10,6 +10,8 @@
 
 #define CW_COMM_LEN 16
 #define CW_ADDR_LEN 16
+/* Keys per bucket of the kernel's owner table (owner_keys: one cache line). */
+#define CW_OWNER_BUCKET_SLOTS 8
 
 /* Kinds of ring-buffer record. */
 enum cw_event_kind {

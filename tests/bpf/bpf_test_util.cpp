@@ -1,5 +1,7 @@
 #include "bpf_test_util.h"
 
+#include <bpf/bpf.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -12,9 +14,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <regex>
 #include <sstream>
 #include <stdexcept>
+
+#include "capture.h"
 
 namespace cw::testutil {
 namespace {
@@ -248,6 +253,29 @@ int agentProgramsLoaded(std::chrono::milliseconds settle) {
     if (n == 0 || std::chrono::steady_clock::now() >= deadline) return n;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
+}
+
+long bpfOwnerEntries() {
+  long total = 0;
+  bool found = false;
+  uint32_t id = 0;
+  while (bpf_map_get_next_id(id, &id) == 0) {
+    int fd = bpf_map_get_fd_by_id(id);
+    if (fd < 0) continue;
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::string("owner_keys") == info.name &&
+        info.value_size == CW_OWNER_BUCKET_SLOTS * sizeof(uint64_t)) {
+      found = true;
+      uint64_t keys[CW_OWNER_BUCKET_SLOTS];
+      for (uint32_t b = 0; b < info.max_entries; ++b) {
+        if (bpf_map_lookup_elem(fd, &b, keys) != 0) continue;
+        total += std::count_if(std::begin(keys), std::end(keys), [](uint64_t k) { return k != 0; });
+      }
+    }
+    ::close(fd);
+  }
+  return found ? total : -1;
 }
 
 ScopedNetns::ScopedNetns(const std::string& name) : name_(name) {

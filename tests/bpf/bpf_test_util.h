@@ -106,4 +106,9 @@ std::vector<std::string> loadedBpfProgramNames();
 // frees a program after its last reference goes, not at once).
 int agentProgramsLoaded(std::chrono::milliseconds settle = std::chrono::seconds(3));
 
+// Sockets the kernel's owner tables track now: the keys in use (not 0) of
+// every bucket of each loaded owner_keys map (capture.bpf.c); -1 if there is
+// none (a count of 0 could then not show a leak).
+long bpfOwnerEntries();
+
 }  // namespace cw::testutil

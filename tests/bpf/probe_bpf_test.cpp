@@ -1,10 +1,11 @@
 // The BPF probe against the real kernel: the netns filter, the records'
 // fields, and exact accounting of ring-buffer losses.
-#include <gtest/gtest.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -364,14 +365,16 @@ TEST_F(ProbeTest, AFullProxyMapRefusesTheNextCgroup) {
   EXPECT_TRUE(probe->addProxyCgroup(4097));
 }
 
-// The owner map is bounded: with room for 8 sockets and 12 held open at once,
-// the 4 that do not fit are counted (insert failed, connection lost) and emit
-// nothing; the 8 that fit are reported. No entry is evicted silently.
+// The owner table is bounded: max_tracked_sockets 4 gives it twice the slots,
+// one bucket of 8, which every socket's two hashes then name. With 12 held
+// open at once, the 4 that do not fit are counted (insert failed, connection
+// lost) and emit nothing; the 8 that fit are reported. No entry is evicted
+// silently.
 TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
   ScopedNetns ns("cw-test-probe-o");
   Recorder rec;
   ProbeOptions opts;
-  opts.max_tracked_sockets = 8;
+  opts.max_tracked_sockets = 4;
   auto probe = openWatching(ns, rec, opts);
 
   constexpr int kHeld = 12;
@@ -398,6 +401,65 @@ TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
   EXPECT_EQ(c.lost_active, 4u);
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 8);
   EXPECT_EQ(c.ringbuf_lost, 0u);
+}
+
+// Up to the bound, every socket is tracked: 1,024 held open at once with
+// max_tracked_sockets 1,024 (256 buckets of 8 keys, each socket in one of its
+// two) are all reported, none counted as not fitting, and closing them frees
+// every key.
+TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
+  ScopedNetns ns("cw-test-probe-b");
+  Recorder rec;
+  ProbeOptions opts;
+  opts.max_tracked_sockets = 1024;
+  auto probe = openWatching(ns, rec, opts);
+
+  constexpr int kHeld = 1024;
+  int pipefd[2];
+  int donefd[2];
+  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(donefd, O_CLOEXEC), 0);
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    rlimit nofile{4096, 4096};
+    if (::setrlimit(RLIMIT_NOFILE, &nofile) != 0) _exit(13);
+    sockaddr_in a{};
+    const int l = childListenInNetns(ns.path(), 0, a);
+    if (::listen(l, kHeld) != 0) _exit(14);  // room for all of them, none accepted
+    std::vector<int> held;
+    for (int i = 0; i < kHeld; ++i) {
+      int c = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(12);
+      held.push_back(c);
+    }
+    char x = 1;
+    if (::write(pipefd[1], &x, 1) != 1 || ::read(donefd[0], &x, 1) != 1) _exit(15);
+    for (int c : held) ::close(c);
+    ::close(l);
+    _exit(0);
+  }
+  ::close(pipefd[1]);
+  ::close(donefd[0]);
+  char x = 0;
+  ASSERT_EQ(::read(pipefd[0], &x, 1), 1) << "the child could not open its connections";
+  drain(*probe);
+  EXPECT_EQ(testutil::bpfOwnerEntries(), kHeld);  // all open, all tracked
+  ASSERT_EQ(::write(donefd[1], &x, 1), 1);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ::close(pipefd[0]);
+  ::close(donefd[1]);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  drain(*probe);
+  const auto c = probe->counters();
+  EXPECT_EQ(c.owner_insert_failed, 0u);
+  EXPECT_EQ(c.lost_active, 0u);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), kHeld);
+  EXPECT_EQ(c.ringbuf_lost, 0u);
+  // The server's sockets were never accepted: each app socket ends by a
+  // reset or its close, and every key is freed with it.
+  EXPECT_EQ(testutil::bpfOwnerEntries(), 0);
 }
 
 // How a connection ended, as its close record tells it (the bypass outcome
