@@ -202,15 +202,22 @@ static __always_inline __u64 sk_key(const struct sock *sk, __u32 program)
 	return *(volatile __u64 *)v;
 }
 
-/* The bucket of owner_keys that the hash `mult` gives the socket at `sk`:
- * the high 32 bits of the product, scaled to [0, owner_buckets). */
-static __always_inline __u32 bucket_of(__u64 sk, __u64 mult)
+/* The two buckets of owner_keys a socket's entry may be in: the halves of a
+ * 64-bit mix of its address (MurmurHash3's finalizer), each scaled to
+ * [0, owner_buckets). Socket addresses come in runs a slab object apart; a
+ * plain multiplicative hash of them filled some buckets early (2.5% of a
+ * million such addresses found both of theirs full at half load, against
+ * none with this mix and the placement of claim_owner). */
+static __always_inline void buckets_of(__u64 key, __u32 b[2])
 {
-	return (__u32)(((sk * mult) >> 32) * owner_buckets >> 32);
+	key ^= key >> 33;
+	key *= 0xff51afd7ed558ccdULL;
+	key ^= key >> 33;
+	key *= 0xc4ceb9fe1a85ec53ULL;
+	key ^= key >> 33;
+	b[0] = (__u32)(((key >> 32) * owner_buckets) >> 32);
+	b[1] = (__u32)(((key & 0xffffffffULL) * owner_buckets) >> 32);
 }
-
-#define CW_HASH1 0x9E3779B97F4A7C15ULL
-#define CW_HASH2 0xC2B2AE3D27D4EB4FULL
 
 /* The owner entry of the socket at `key`, or NULL; *slot is set to its index
  * in owners (the same index of the key in owner_keys' buckets). */
@@ -218,7 +225,8 @@ static __always_inline struct owner *find_owner(__u64 key, __u32 *slot)
 {
 	if (key == 0)
 		return NULL;
-	__u32 b[2] = {bucket_of(key, CW_HASH1), bucket_of(key, CW_HASH2)};
+	__u32 b[2];
+	buckets_of(key, b);
 #pragma unroll
 	for (int h = 0; h < 2; h++) {
 		struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b[h]);
@@ -244,27 +252,66 @@ static __always_inline void free_owner(__u32 slot)
 		keys->sk[slot % CW_OWNER_BUCKET_SLOTS] = 0;
 }
 
-/* Claims a free key for the socket at `key` in one of its two buckets (the
- * first one with room) and returns its entry, or NULL when both are full. */
+/* 1 if a bucket's key is in use, else 0, without a branch: a branch per key
+ * would have the verifier follow every combination of the two buckets'
+ * counts (the program then exceeds its 1M-instruction budget). */
+static __always_inline int in_use(__u64 k)
+{
+	__u64 nz = k | (0 - k);
+	asm volatile("" : "+r"(nz));
+	return (int)(nz >> 63);
+}
+
+/* Claims a free key of bucket `b` (its keys at `keys`) for `key`. */
+static __always_inline struct owner *claim_in(struct owner_bucket *keys, __u32 b, __u64 key)
+{
+#pragma unroll
+	for (int i = 0; i < CW_OWNER_BUCKET_SLOTS; i++) {
+		if (keys->sk[i] != 0 || __sync_val_compare_and_swap(&keys->sk[i], 0, key) != 0)
+			continue;
+		__u32 slot = b * CW_OWNER_BUCKET_SLOTS + i;
+		return bpf_map_lookup_elem(&owners, &slot);
+	}
+	return NULL;
+}
+
+/* The entry of the socket at `key`: the one it has (a socket connected again
+ * after a failed connect keeps it), or a key claimed in the fuller of its
+ * two buckets' emptier one (then the other, if a concurrent claim took the
+ * last free key). NULL when both are full. */
 static __always_inline struct owner *claim_owner(__u64 key)
 {
 	if (key == 0)
 		return NULL;
-	__u32 b[2] = {bucket_of(key, CW_HASH1), bucket_of(key, CW_HASH2)};
+	__u32 b[2];
+	buckets_of(key, b);
+	struct owner_bucket *k0 = bpf_map_lookup_elem(&owner_keys, &b[0]);
+	struct owner_bucket *k1 = bpf_map_lookup_elem(&owner_keys, &b[1]);
+	if (!k0 || !k1)
+		return NULL;
+	int used0 = 0;
+	int used1 = 0;
 #pragma unroll
-	for (int h = 0; h < 2; h++) {
-		struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b[h]);
-		if (!keys)
-			return NULL;
-#pragma unroll
-		for (int i = 0; i < CW_OWNER_BUCKET_SLOTS; i++) {
-			if (keys->sk[i] != 0 || __sync_val_compare_and_swap(&keys->sk[i], 0, key) != 0)
-				continue;
-			__u32 slot = b[h] * CW_OWNER_BUCKET_SLOTS + i;
+	for (int i = 0; i < CW_OWNER_BUCKET_SLOTS; i++) {
+		__u32 slot;
+		if (k0->sk[i] == key) {
+			slot = b[0] * CW_OWNER_BUCKET_SLOTS + i;
 			return bpf_map_lookup_elem(&owners, &slot);
 		}
+		if (k1->sk[i] == key) {
+			slot = b[1] * CW_OWNER_BUCKET_SLOTS + i;
+			return bpf_map_lookup_elem(&owners, &slot);
+		}
+		used0 += in_use(k0->sk[i]);
+		used1 += in_use(k1->sk[i]);
 	}
-	return NULL;
+	struct owner *o;
+	if (used1 < used0) {
+		o = claim_in(k1, b[1], key);
+		return o ? o : claim_in(k0, b[0], key);
+	}
+	o = claim_in(k0, b[0], key);
+	return o ? o : claim_in(k1, b[1], key);
 }
 
 /* Reserve, fill and submit one record in this CPU's ring; a failed reserve
@@ -377,11 +424,7 @@ static __always_inline void record_owner(const struct sock *sk)
 	__u64 key = sk_key(sk, CW_SCRATCH_SET_STATE);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	/* A socket connected again (after a failed connect) keeps its entry. */
-	__u32 slot;
-	struct owner *o = find_owner(key, &slot);
-	if (!o)
-		o = claim_owner(key);
+	struct owner *o = claim_owner(key);
 	if (!o) {
 		/* Both buckets full: this connection will emit nothing. */
 		count(CW_CNT_OWNER_INSERT_FAIL);
