@@ -48,9 +48,9 @@ struct owner {
  * free-list lock with interrupts off, and cost 220-290 ns together on the
  * bench machine, its lookup 37 ns; these arrays, 31 and 13 ns (README
  * Performance). A socket's entry is in one of two buckets of
- * CW_OWNER_BUCKET_SLOTS keys (a cache line each), chosen by two hashes of its
- * address: a key is claimed with a compare-and-swap and freed by storing 0,
- * so no lock is taken. The agent sizes the table at twice
+ * CW_OWNER_BUCKET_SLOTS keys (a cache line each), chosen by a hash of its
+ * address (buckets_of): a key is claimed with a compare-and-swap and freed by
+ * storing 0, so no lock is taken. The agent sizes the table at twice
  * --max-tracked-sockets slots: a socket whose two buckets are both full is
  * not tracked and is counted (the connection is then counted as lost),
  * instead of silently evicting the entry of a connection still open. */

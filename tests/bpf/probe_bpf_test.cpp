@@ -366,7 +366,7 @@ TEST_F(ProbeTest, AFullProxyMapRefusesTheNextCgroup) {
 }
 
 // The owner table is bounded: max_tracked_sockets 4 gives it twice the slots,
-// one bucket of 8, which every socket's two hashes then name. With 12 held
+// one bucket of 8, which both of every socket's buckets then are. With 12 held
 // open at once, the 4 that do not fit are counted (insert failed, connection
 // lost) and emit nothing; the 8 that fit are reported. No entry is evicted
 // silently.
@@ -403,62 +403,68 @@ TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
   EXPECT_EQ(c.ringbuf_lost, 0u);
 }
 
+// In a child: opens n connections to a listener of its own in the netns
+// (none accepted), all held at once; writes a byte to ready_fd, waits for one
+// on release_fd, then closes them and exits 0 (non-zero on a failure).
+[[noreturn]] void childHoldsConnections(const std::string& netns_path, int n, int ready_fd,
+                                        int release_fd) {
+  rlimit nofile{4096, 4096};
+  if (::setrlimit(RLIMIT_NOFILE, &nofile) != 0) _exit(13);
+  sockaddr_in a{};
+  const int l = childListenInNetns(netns_path, 0, a);
+  if (::listen(l, n) != 0) _exit(14);  // room for all of them in the accept queue
+  std::vector<int> held;
+  for (int i = 0; i < n; ++i) {
+    int c = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(12);
+    held.push_back(c);
+  }
+  char x = 1;
+  if (::write(ready_fd, &x, 1) != 1 || ::read(release_fd, &x, 1) != 1) _exit(15);
+  for (int c : held) ::close(c);
+  ::close(l);
+  _exit(0);
+}
+
 // Up to the bound, every socket is tracked: 1,024 held open at once with
 // max_tracked_sockets 1,024 (256 buckets of 8 keys, each socket in one of its
 // two) are all reported, none counted as not fitting, and closing them frees
 // every key.
 TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
+  constexpr int kBound = 1024;
   ScopedNetns ns("cw-test-probe-b");
   Recorder rec;
-  ProbeOptions opts;
-  opts.max_tracked_sockets = 1024;
-  auto probe = openWatching(ns, rec, opts);
+  ProbeOptions bounded;
+  bounded.max_tracked_sockets = kBound;
+  auto probe = openWatching(ns, rec, bounded);
 
-  constexpr int kHeld = 1024;
-  int pipefd[2];
-  int donefd[2];
-  ASSERT_EQ(pipe2(pipefd, O_CLOEXEC), 0);
-  ASSERT_EQ(pipe2(donefd, O_CLOEXEC), 0);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    rlimit nofile{4096, 4096};
-    if (::setrlimit(RLIMIT_NOFILE, &nofile) != 0) _exit(13);
-    sockaddr_in a{};
-    const int l = childListenInNetns(ns.path(), 0, a);
-    if (::listen(l, kHeld) != 0) _exit(14);  // room for all of them, none accepted
-    std::vector<int> held;
-    for (int i = 0; i < kHeld; ++i) {
-      int c = ::socket(AF_INET, SOCK_STREAM, 0);
-      if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(12);
-      held.push_back(c);
-    }
-    char x = 1;
-    if (::write(pipefd[1], &x, 1) != 1 || ::read(donefd[0], &x, 1) != 1) _exit(15);
-    for (int c : held) ::close(c);
-    ::close(l);
-    _exit(0);
-  }
-  ::close(pipefd[1]);
-  ::close(donefd[0]);
+  int ready[2];
+  int release[2];
+  ASSERT_EQ(pipe2(ready, O_CLOEXEC), 0);
+  ASSERT_EQ(pipe2(release, O_CLOEXEC), 0);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) childHoldsConnections(ns.path(), kBound, ready[1], release[0]);
+  ::close(ready[1]);
+  ::close(release[0]);
   char x = 0;
-  ASSERT_EQ(::read(pipefd[0], &x, 1), 1) << "the child could not open its connections";
+  ASSERT_EQ(::read(ready[0], &x, 1), 1) << "the child could not open its connections";
   drain(*probe);
-  EXPECT_EQ(testutil::bpfOwnerEntries(), kHeld);  // all open, all tracked
-  ASSERT_EQ(::write(donefd[1], &x, 1), 1);
+  EXPECT_EQ(testutil::bpfOwnerEntries(), kBound);  // all open, all tracked
+  ASSERT_EQ(::write(release[1], &x, 1), 1);
   int status = 0;
-  waitpid(pid, &status, 0);
-  ::close(pipefd[0]);
-  ::close(donefd[1]);
+  waitpid(child, &status, 0);
+  ::close(ready[0]);
+  ::close(release[1]);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   drain(*probe);
   const auto c = probe->counters();
   EXPECT_EQ(c.owner_insert_failed, 0u);
   EXPECT_EQ(c.lost_active, 0u);
-  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), kHeld);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), kBound);
   EXPECT_EQ(c.ringbuf_lost, 0u);
-  // The server's sockets were never accepted: each app socket ends by a
-  // reset or its close, and every key is freed with it.
+  // Every app socket ends (the server never accepted them) and its key is
+  // freed with it.
   EXPECT_EQ(testutil::bpfOwnerEntries(), 0);
 }
 
