@@ -276,9 +276,9 @@ static __always_inline struct owner *claim_in(struct owner_bucket *keys, __u32 b
 }
 
 /* The entry of the socket at `key`: the one it has (a socket connected again
- * after a failed connect keeps it), or a key claimed in the fuller of its
- * two buckets' emptier one (then the other, if a concurrent claim took the
- * last free key). NULL when both are full. */
+ * after a failed connect keeps it), or a key claimed in the emptier of its
+ * two buckets (then in the other, if a concurrent claim took the last free
+ * key). NULL when both are full. */
 static __always_inline struct owner *claim_owner(__u64 key)
 {
 	if (key == 0)

@@ -596,7 +596,6 @@ ProcessUse processUse(pid_t pid) {
   return u;
 }
 
-// Entries of every BPF map named `name` (the agent's owner map: one agent runs).
 // Soak: gateway pods come and go (ADDED, traffic, DELETED, torn down) for
 // CW_SOAK_SECONDS (default 15; `scripts/dev soak` runs 600), each with a new
 // UID, new container IDs and a new network namespace, while connections

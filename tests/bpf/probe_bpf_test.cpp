@@ -1,8 +1,8 @@
 // The BPF probe against the real kernel: the netns filter, the records'
 // fields, and exact accounting of ring-buffer losses.
+#include <gtest/gtest.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/resource.h>

@@ -908,8 +908,10 @@ TEST_P(RulesDifferential, EvaluatorPredictsWhereEveryConnectionLands) {
     const bool captured_ok = p.no_rules || p.captured == (seen == "pod:15001");
     // REDIRECT keeps the source: the listener sees the app's own end, but
     // for a port conntrack had to change (above).
+    const auto shared = redirected_from.find(a.src);
     const bool port_remapped = a.status == "ok" && a.seen_peer.addr == a.src.addr &&
-                               a.seen_peer.port != a.src.port && redirected_from[a.src] > 1;
+                               a.seen_peer.port != a.src.port &&
+                               shared != redirected_from.end() && shared->second > 1;
     const bool source_ok = a.status != "ok" || a.seen_peer == a.src || port_remapped;
     if (port_remapped) ++remapped;
     if (p.landing == seen && captured_ok && source_ok) {
