@@ -41,6 +41,9 @@ Agent::Agent(const AgentOptions& options)
                               return gaps_json_;
                             }});
   }
+  correlator_.setRemapLookup([this](uint32_t netns, const Endpoint& local, const Endpoint& peer) {
+    return lookUpRemap(netns, local, peer);
+  });
   probe_ = Probe::open(options_.probe, [this](std::span<const uint8_t> raw) { onRecord(raw); });
   attached_ = true;
   decisions_.reserve(1024);
@@ -183,6 +186,7 @@ void Agent::removeTarget(uint32_t netns) {
   }
   probe_->unwatchNetns(netns);
   correlator_.forgetNetns(netns);
+  conntrack_readers_.erase(netns);
   metrics_.removePod(reporter_.pod(netns));
   reporter_.removeTarget(netns);
   std::erase_if(targets_, [&](const Target& t) { return t.netns == netns; });
@@ -233,6 +237,44 @@ void Agent::onRecord(std::span<const uint8_t> raw) {
     startup_seen_->insert({ev->src, ev->dst});
   }
   correlator_.onEvent(*ev, decisions_);
+}
+
+RemapAnswer Agent::lookUpRemap(uint32_t netns, const Endpoint& accept_local,
+                               const Endpoint& accept_peer) {
+  const auto target = std::find_if(targets_.begin(), targets_.end(),
+                                   [&](const Target& t) { return t.netns == netns; });
+  if (target == targets_.end()) return RemapAnswer{};  // no longer watched
+  try {
+    auto& reader = conntrack_readers_[netns];
+    if (!reader) reader = std::make_unique<ConntrackReader>(target->netns_path);
+    const auto entry = reader->byReply(accept_local, accept_peer);
+    if (logging::enabled(spdlog::level::debug)) {
+      logging::Fields f;
+      f["pod"] = target->name;
+      f["accept"] = accept_local.str() + " <- " + accept_peer.str();
+      f["original"] = entry ? entry->orig_src.str() + " -> " + entry->orig_dst.str() : "none";
+      logging::debug("conntrack lookup of an unclaimed sidecar accept", f);
+    }
+    if (!entry) return RemapAnswer{};
+    return RemapAnswer{RemapAnswer::Status::kFound, entry->orig_src, entry->orig_dst};
+  } catch (const std::exception& e) {
+    conntrack_readers_.erase(netns);  // opened again at the next lookup
+    // Counted each time (capturewatch_remap_lookups_total{result="error"});
+    // logged at warn at most once a minute.
+    const auto now = std::chrono::steady_clock::now();
+    const bool loud = now - last_remap_warning_ >= std::chrono::minutes(1);
+    if (loud) last_remap_warning_ = now;
+    logging::Fields f;
+    f["pod"] = target->name;
+    f["netns"] = target->netns_path;
+    f["accept_peer"] = accept_peer.str();
+    f["error"] = e.what();
+    logging::write(loud ? spdlog::level::warn : spdlog::level::debug,
+                   "conntrack lookup of an unclaimed sidecar accept failed: if conntrack had "
+                   "remapped its app's source port, that connection is reported bypassed",
+                   f);
+    return RemapAnswer{RemapAnswer::Status::kError, {}, {}};
+  }
 }
 
 void Agent::flushDecisions() {

@@ -12,6 +12,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "correlator.h"
@@ -19,6 +20,7 @@
 #include "metrics.h"
 #include "probe.h"
 #include "reporter.h"
+#include "startup_scan.h"
 #include "targets.h"
 
 namespace cw {
@@ -78,6 +80,10 @@ class Agent {
 
  private:
   void onRecord(std::span<const uint8_t> raw);
+  // The correlator's remap lookup: the conntrack entry of an accept in a
+  // watched netns, read through that netns's ConntrackReader.
+  RemapAnswer lookUpRemap(uint32_t netns, const Endpoint& accept_local,
+                          const Endpoint& accept_peer);
   void scanTarget(const Target& target);
   // Returns the number of ring-buffer records read.
   int pollOnce(int timeout_ms);
@@ -98,6 +104,9 @@ class Agent {
   std::unique_ptr<Probe> probe_;
   std::vector<Target> targets_;
   std::vector<Decision> decisions_;
+  // One per watched netns that needed a remap lookup; dropped with its target.
+  std::unordered_map<uint32_t, std::unique_ptr<ConntrackReader>> conntrack_readers_;
+  std::chrono::steady_clock::time_point last_remap_warning_{};
   uint64_t malformed_ = 0;
   uint64_t read_ = 0;
   uint64_t lost_accepts_seen_ = 0;

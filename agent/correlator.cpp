@@ -1,5 +1,6 @@
 #include "correlator.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace cw {
@@ -117,8 +118,8 @@ void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>&
   // One older than the grace window is an orphan whose app port was reused,
   // not this connection's.
   if (auto it = accepts_.find(keyOf(conn)); it != accepts_.end()) {
-    const uint64_t accept_ns = it->second.first;
-    accepts_by_time_.erase(it->second);
+    const uint64_t accept_ns = it->second.stamp.first;
+    accepts_by_time_.erase(it->second.stamp);
     accepts_.erase(it);
     if (accept_ns <= ev.ts_ns && ev.ts_ns - accept_ns >= config_.grace_ns) {
       ++stats_.orphan_accepts;
@@ -165,7 +166,7 @@ void Correlator::onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>
     erasePending(it);
     return;
   }
-  addAccept(key, ev.ts_ns);
+  addAccept(key, ev.src, ev.ts_ns);
 }
 
 void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out) {
@@ -187,6 +188,7 @@ void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out)
 }
 
 void Correlator::expire(uint64_t now_ns, std::vector<Decision>& out) {
+  if (remap_lookup_) lookUpRemaps(out);
   if (now_ns < config_.grace_ns) return;
   const uint64_t cutoff = now_ns - config_.grace_ns;  // expired: ts + grace <= now
 
@@ -288,12 +290,72 @@ Correlator::PendingIt Correlator::erasePending(PendingIt it) {
   return next;
 }
 
-void Correlator::addAccept(const JoinKey& key, uint64_t ts_ns) {
+void Correlator::lookUpRemaps(std::vector<Decision>& out) {
+  size_t looked_up = 0;
+  while (!remap_queue_.empty() && looked_up < config_.max_remap_lookups) {
+    const auto [stamp, key] = remap_queue_.front();
+    remap_queue_.pop_front();
+    auto it = accepts_.find(key);
+    if (it == accepts_.end() || it->second.stamp != stamp) continue;  // claimed or dropped since
+    ++looked_up;
+    const RemapAnswer answer = remap_lookup_(key.netns, it->second.local, key.app);
+    if (answer.status == RemapAnswer::Status::kError) {
+      ++stats_.remap_errors;
+      continue;
+    }
+    // Found with the accept's own port: not remapped, an ordinary orphan.
+    const PendingIt p = answer.status == RemapAnswer::Status::kFound && answer.src != key.app
+                            ? findPending(key.netns, answer.src, answer.dst)
+                            : kNone;
+    if (p == kNone) {
+      ++stats_.remap_unmatched;
+      continue;
+    }
+    ++stats_.remap_joined;
+    out.push_back(Decision{Decision::Type::Verdict, pendingConn(p)});
+    out.back().conn.verdict = Verdict::Captured;
+    out.back().conn.decided_ns = stamp.first;
+    erasePending(p);
+    eraseAccept(key);
+  }
+  // Entries of accepts claimed since are only skipped above: drop them in
+  // bulk before they outnumber the accepts they could name.
+  if (remap_queue_.size() > 2 * std::max<size_t>(config_.max_pending, 1)) {
+    std::erase_if(remap_queue_, [this](const std::pair<Stamp, JoinKey>& e) {
+      auto it = accepts_.find(e.second);
+      return it == accepts_.end() || it->second.stamp != e.first;
+    });
+  }
+}
+
+Correlator::PendingIt Correlator::findPending(uint32_t netns, const Endpoint& src,
+                                              const Endpoint& dst) {
+  if (auto k = pending_by_key_.find(JoinKey{netns, src}); k != pending_by_key_.end()) {
+    if (pendingConn(*k).dst == dst) return *k;
+  }
+  // Another pending connection of the same app end took the index over (its
+  // port was reused): rare enough for a walk.
+  for (PendingIt it = pending_head_; it != kNone; it = pending_pool_[it].next) {
+    const Connection& c = pendingConn(it);
+    if (c.netns == netns && c.src == src && c.dst == dst) return it;
+  }
+  return kNone;
+}
+
+void Correlator::eraseAccept(const JoinKey& key) {
+  if (auto it = accepts_.find(key); it != accepts_.end()) {
+    accepts_by_time_.erase(it->second.stamp);
+    accepts_.erase(it);
+  }
+}
+
+void Correlator::addAccept(const JoinKey& key, const Endpoint& local, uint64_t ts_ns) {
   const Stamp stamp{ts_ns, seq_++};
+  if (remap_lookup_) remap_queue_.emplace_back(stamp, key);
   if (auto it = accepts_.find(key); it != accepts_.end()) {
     ++stats_.duplicates;  // the later accept replaces the earlier one
-    accepts_by_time_.erase(it->second);
-    it->second = stamp;
+    accepts_by_time_.erase(it->second.stamp);
+    it->second = Accept{stamp, local};
     accepts_by_time_.emplace(stamp, key);
     return;
   }
@@ -307,7 +369,7 @@ void Correlator::addAccept(const JoinKey& key, uint64_t ts_ns) {
     accepts_by_time_.erase(oldest);
     ++stats_.pending_evicted;
   }
-  accepts_.emplace(key, stamp);
+  accepts_.emplace(key, Accept{stamp, local});
   accepts_by_time_.emplace_hint(accepts_by_time_.end(), stamp, key);
 }
 

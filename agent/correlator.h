@@ -6,6 +6,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <functional>
 #include <map>
 #include <unordered_map>
 #include <unordered_set>
@@ -29,13 +31,31 @@ struct Decision {
   Connection conn;
 };
 
+// What conntrack holds for a connection the sidecar accepted: asked by the
+// correlator for an accept no app connection claimed (see setRemapLookup).
+struct RemapAnswer {
+  enum class Status : uint8_t {
+    kFound,     // src/dst: the connection's original tuple (the app's end, its destination)
+    kNotFound,  // no conntrack entry has that reply tuple
+    kError,     // the lookup failed (logged and counted by whoever made it)
+  };
+  Status status = Status::kNotFound;
+  Endpoint src, dst;
+};
+
 class Correlator {
  public:
   struct Config {
     uint64_t grace_ns = 200'000'000;  // how long an app connection waits for its accept
     size_t max_pending = 65536;       // undecided app connections; unmatched accepts, each
     size_t max_followed = 65536;      // bypassed connections followed to their end
+    size_t max_remap_lookups = 16;    // per expire() call; the rest wait for the next call
   };
+
+  // Finds the conntrack entry whose reply tuple is accept_local -> accept_peer
+  // (the sidecar's accepted socket's ends) in netns.
+  using RemapLookup = std::function<RemapAnswer(uint32_t netns, const Endpoint& accept_local,
+                                                const Endpoint& accept_peer)>;
 
   struct Stats {
     uint64_t events = 0;            // events accepted by onEvent
@@ -44,6 +64,10 @@ class Correlator {
     uint64_t pending_evicted = 0;   // pending entries dropped because max_pending was reached
     uint64_t followed_evicted = 0;  // followed bypasses dropped because max_followed was reached
     uint64_t outcomes_lost = 0;     // followed bypasses whose close event never came (socket reused)
+    // Unclaimed accepts looked up in conntrack (setRemapLookup), by result:
+    uint64_t remap_joined = 0;     // remapped source port: joined to its app connection
+    uint64_t remap_unmatched = 0;  // no entry, not remapped, or no app connection waiting for it
+    uint64_t remap_errors = 0;     // the lookup failed
   };
 
   explicit Correlator(Config config);
@@ -60,6 +84,17 @@ class Correlator {
   // is emitted for it.
   void forgetNetns(uint32_t netns);
 
+  // Two app connections from one address and port (the kernel picks source
+  // ports per destination) that are both redirected have the same redirected
+  // tuple, so conntrack gives the second one another source port: the
+  // sidecar accepts it from a port the app's socket does not have, and the
+  // join on the app's end misses. With a lookup set, expire() asks conntrack
+  // about each accept no connection claimed (at most max_remap_lookups per
+  // call, each accept once) and joins a remapped one to the waiting app
+  // connection of its original tuple. Without one, such a connection is
+  // decided bypassed and its accept counted as an orphan.
+  void setRemapLookup(RemapLookup lookup) { remap_lookup_ = std::move(lookup); }
+
   // Feeds one event; decisions reached are appended to out.
   void onEvent(const ConnEvent& ev, std::vector<Decision>& out);
 
@@ -68,9 +103,10 @@ class Correlator {
   // finds no accept is Unknown, not Bypassed.
   void noteLostAccepts(uint64_t now_ns) { last_accept_loss_ns_ = now_ns; }
 
-  // Decides every pending app connection whose grace window ended at
-  // now_ns (CLOCK_MONOTONIC, the clock of ConnEvent::ts_ns) as bypassed,
-  // and drops accepts no connection claimed. Call after draining events.
+  // Looks up unclaimed accepts in conntrack (setRemapLookup), then decides
+  // every pending app connection whose grace window ended at now_ns
+  // (CLOCK_MONOTONIC, the clock of ConnEvent::ts_ns) as bypassed, and drops
+  // accepts no connection claimed. Call after draining events.
   void expire(uint64_t now_ns, std::vector<Decision>& out);
 
   size_t pendingConnections() const;
@@ -160,7 +196,12 @@ class Correlator {
   void addPending(const Connection& conn);
   // Removes a pending entry and its index entries; returns the next one.
   PendingIt erasePending(PendingIt it);
-  void addAccept(const JoinKey& key, uint64_t ts_ns);
+  void addAccept(const JoinKey& key, const Endpoint& local, uint64_t ts_ns);
+  void eraseAccept(const JoinKey& key);
+  // The remap lookups of expire(); decisions for the accepts joined.
+  void lookUpRemaps(std::vector<Decision>& out);
+  // The pending connection with this original tuple, or kNone.
+  PendingIt findPending(uint32_t netns, const Endpoint& src, const Endpoint& dst);
   void follow(const Connection& conn);
 
   Config config_;
@@ -191,10 +232,18 @@ class Correlator {
   // Pending connections by join key.
   absl::flat_hash_set<PendingIt, ByKey, ByKey> pending_by_key_{0, ByKey{&pending_pool_},
                                                                ByKey{&pending_pool_}};
-  // Accepts seen before their app connection: join key -> (ts_ns, seq), and
-  // the same oldest first.
-  absl::flat_hash_map<JoinKey, Stamp, JoinKeyHash> accepts_;
+  // Accepts seen before their app connection (or whose app end conntrack
+  // remapped): join key -> when, and the sidecar's end; the same oldest first.
+  struct Accept {
+    Stamp stamp;
+    Endpoint local;
+  };
+  absl::flat_hash_map<JoinKey, Accept, JoinKeyHash> accepts_;
   std::map<Stamp, JoinKey> accepts_by_time_;
+  // Accepts not looked up in conntrack yet, in arrival order (entries of
+  // accepts claimed or dropped since are skipped); only with a lookup set.
+  RemapLookup remap_lookup_;
+  std::deque<std::pair<Stamp, JoinKey>> remap_queue_;
   // Bypassed connections reported Open, waiting for their close, by sock_id;
   // followed_order_ (seq -> sock_id) finds the oldest to evict. Node-based:
   // a flat table would hold its entries (a whole Connection each) in twice

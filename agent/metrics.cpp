@@ -45,6 +45,12 @@ Metrics::Metrics()
                                     "Connections dropped from a full correlator table, by table "
                                     "(pending, followed).",
                                     *registry_)),
+      remap_lookups_(counter("capturewatch_remap_lookups_total",
+                             "Sidecar accepts no app connection claimed, looked up in the "
+                             "pod's conntrack table, by result: joined (conntrack had remapped "
+                             "the app's source port; the connection is captured), unmatched, "
+                             "error.",
+                             *registry_)),
       rules_reads_(counter("capturewatch_rules_reads_total",
                            "Reads of a watched pod's netfilter rules, by result (ok, error).",
                            *registry_)),
@@ -119,6 +125,9 @@ Metrics::Metrics()
   events_dropped_.Add({{"reason", "duplicate"}});
   correlator_evictions_.Add({{"table", "pending"}});
   correlator_evictions_.Add({{"table", "followed"}});
+  for (const char* result : {"joined", "unmatched", "error"}) {
+    remap_lookups_.Add({{"result", result}});
+  }
   rules_reads_.Add({{"result", "ok"}});
   rules_reads_.Add({{"result", "error"}});
 }
@@ -201,6 +210,12 @@ void Metrics::syncCorrelator(const Correlator::Stats& stats) {
           stats.duplicates);
   advance(orphan_accepts_, correlator_seen_.orphan_accepts, stats.orphan_accepts);
   advance(outcomes_lost_, correlator_seen_.outcomes_lost, stats.outcomes_lost);
+  advance(remap_lookups_.Add({{"result", "joined"}}), correlator_seen_.remap_joined,
+          stats.remap_joined);
+  advance(remap_lookups_.Add({{"result", "unmatched"}}), correlator_seen_.remap_unmatched,
+          stats.remap_unmatched);
+  advance(remap_lookups_.Add({{"result", "error"}}), correlator_seen_.remap_errors,
+          stats.remap_errors);
 }
 
 void Metrics::observeVerdictLatency(double seconds) { verdict_latency_.Observe(seconds); }

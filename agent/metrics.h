@@ -81,6 +81,7 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>& pods_without_sidecar_;
   prometheus::Family<prometheus::Counter>& events_dropped_;
   prometheus::Family<prometheus::Counter>& correlator_evictions_;
+  prometheus::Family<prometheus::Counter>& remap_lookups_;
   prometheus::Family<prometheus::Counter>& rules_reads_;
   prometheus::Family<prometheus::Counter>* kubernetes_errors_ = nullptr;
   prometheus::Gauge& watched_targets_;

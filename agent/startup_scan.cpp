@@ -12,6 +12,7 @@
 #include <linux/sock_diag.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -220,25 +221,33 @@ bool tupleEndpoint(const nf_conntrack* ct, uint8_t l3, nf_conntrack_attr v4, nf_
   return true;
 }
 
+[[noreturn]] void malformedConntrack() {
+  throw std::runtime_error("conntrack get: malformed answer");
+}
+
+// The entry of a conntrack message in out, if both its tuples are usable.
+bool readEntry(const nf_conntrack* ct, ConntrackEntry& out) {
+  if (!nfct_attr_is_set(ct, ATTR_L4PROTO) || nfct_get_attr_u8(ct, ATTR_L4PROTO) != IPPROTO_TCP) {
+    return false;
+  }
+  if (!nfct_attr_is_set(ct, ATTR_L3PROTO)) return false;
+  const uint8_t l3 = nfct_get_attr_u8(ct, ATTR_L3PROTO);
+  if (l3 != AF_INET && l3 != AF_INET6) return false;
+  return tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC, ATTR_ORIG_PORT_SRC,
+                       out.orig_src) &&
+         tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST, ATTR_ORIG_PORT_DST,
+                       out.orig_dst) &&
+         tupleEndpoint(ct, l3, ATTR_REPL_IPV4_SRC, ATTR_REPL_IPV6_SRC, ATTR_REPL_PORT_SRC,
+                       out.reply_src) &&
+         tupleEndpoint(ct, l3, ATTR_REPL_IPV4_DST, ATTR_REPL_IPV6_DST, ATTR_REPL_PORT_DST,
+                       out.reply_dst);
+}
+
 int onConntrack(enum nf_conntrack_msg_type, struct nf_conntrack* ct, void* data) {
   auto* dump = static_cast<ConntrackDump*>(data);
   if (dump->out->size() >= kMaxConntrackEntries) return NFCT_CB_STOP;
-  if (!nfct_attr_is_set(ct, ATTR_L4PROTO) || nfct_get_attr_u8(ct, ATTR_L4PROTO) != IPPROTO_TCP) {
-    return NFCT_CB_CONTINUE;
-  }
-  if (!nfct_attr_is_set(ct, ATTR_L3PROTO)) return NFCT_CB_CONTINUE;
-  const uint8_t l3 = nfct_get_attr_u8(ct, ATTR_L3PROTO);
-  if (l3 != AF_INET && l3 != AF_INET6) return NFCT_CB_CONTINUE;
   ConntrackEntry e;
-  const bool ok = tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_SRC, ATTR_ORIG_IPV6_SRC, ATTR_ORIG_PORT_SRC,
-                                e.orig_src) &&
-                  tupleEndpoint(ct, l3, ATTR_ORIG_IPV4_DST, ATTR_ORIG_IPV6_DST, ATTR_ORIG_PORT_DST,
-                                e.orig_dst) &&
-                  tupleEndpoint(ct, l3, ATTR_REPL_IPV4_SRC, ATTR_REPL_IPV6_SRC, ATTR_REPL_PORT_SRC,
-                                e.reply_src) &&
-                  tupleEndpoint(ct, l3, ATTR_REPL_IPV4_DST, ATTR_REPL_IPV6_DST, ATTR_REPL_PORT_DST,
-                                e.reply_dst);
-  if (ok) {
+  if (readEntry(ct, e)) {
     try {
       if (!*dump->keep || (*dump->keep)(e)) dump->out->push_back(e);
     } catch (...) {  // no exception may cross the C library
@@ -424,6 +433,143 @@ std::vector<ScannedSocket> scanTcpSockets(const std::string& netns_path) {
     if (out.size() < kMaxScannedSockets) dumpFamily(AF_INET6, out);
   });
   return out;
+}
+
+// The request is built here: libnetfilter_conntrack's builder always adds an
+// original tuple, which the kernel looks up first. Its parser reads the answer.
+struct ConntrackReader::Handle {
+  int fd = -1;
+  uint32_t seq = 0;
+  ~Handle() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+namespace {
+
+constexpr int kConntrackGetTimeoutMs = 1000;
+
+class NetlinkRequest {
+ public:
+  explicit NetlinkRequest(uint16_t type, uint16_t flags, uint32_t seq) {
+    nlmsghdr h{};
+    h.nlmsg_type = type;
+    h.nlmsg_flags = flags;
+    h.nlmsg_seq = seq;
+    append(&h, sizeof h);
+  }
+  void append(const void* data, size_t len) {
+    const auto* p = static_cast<const uint8_t*>(data);
+    buf_.insert(buf_.end(), p, p + len);
+    buf_.resize(NLMSG_ALIGN(buf_.size()));
+  }
+  void attr(uint16_t type, const void* data, size_t len) {
+    nlattr a{static_cast<uint16_t>(NLA_HDRLEN + len), type};
+    append(&a, sizeof a);  // NLA_HDRLEN: already aligned
+    append(data, len);
+  }
+  size_t beginNest(uint16_t type) {
+    const size_t at = buf_.size();
+    nlattr a{0, static_cast<uint16_t>(type | NLA_F_NESTED)};
+    append(&a, sizeof a);
+    return at;
+  }
+  void endNest(size_t at) {
+    const auto len = static_cast<uint16_t>(buf_.size() - at);
+    std::memcpy(buf_.data() + at + offsetof(nlattr, nla_len), &len, sizeof len);
+  }
+  std::span<const uint8_t> finish() {
+    const auto len = static_cast<uint32_t>(buf_.size());
+    std::memcpy(buf_.data() + offsetof(nlmsghdr, nlmsg_len), &len, sizeof len);
+    return buf_;
+  }
+
+ private:
+  std::vector<uint8_t> buf_;
+};
+
+void tupleAttrs(NetlinkRequest& req, bool v4, const Endpoint& src, const Endpoint& dst) {
+  const size_t ip = req.beginNest(CTA_TUPLE_IP);
+  if (v4) {
+    req.attr(CTA_IP_V4_SRC, src.addr.bytes.data() + 12, 4);
+    req.attr(CTA_IP_V4_DST, dst.addr.bytes.data() + 12, 4);
+  } else {
+    req.attr(CTA_IP_V6_SRC, src.addr.bytes.data(), 16);
+    req.attr(CTA_IP_V6_DST, dst.addr.bytes.data(), 16);
+  }
+  req.endNest(ip);
+  const size_t proto = req.beginNest(CTA_TUPLE_PROTO);
+  const uint8_t tcp = IPPROTO_TCP;
+  const uint16_t sport = htons(src.port);
+  const uint16_t dport = htons(dst.port);
+  req.attr(CTA_PROTO_NUM, &tcp, sizeof tcp);
+  req.attr(CTA_PROTO_SRC_PORT, &sport, sizeof sport);
+  req.attr(CTA_PROTO_DST_PORT, &dport, sizeof dport);
+  req.endNest(proto);
+}
+
+}  // namespace
+
+ConntrackReader::ConntrackReader(const std::string& netns_path)
+    : handle_(std::make_unique<Handle>()) {
+  runInNetns(netns_path, [&] {
+    handle_->fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    if (handle_->fd < 0) throw std::runtime_error("netlink socket: " + errnoText(errno));
+  });
+  const timeval tv{kConntrackGetTimeoutMs / 1000, (kConntrackGetTimeoutMs % 1000) * 1000};
+  if (::setsockopt(handle_->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+    throw std::runtime_error("netlink SO_RCVTIMEO: " + errnoText(errno));
+  }
+}
+
+ConntrackReader::~ConntrackReader() = default;
+
+std::optional<ConntrackEntry> ConntrackReader::byReply(const Endpoint& reply_src,
+                                                       const Endpoint& reply_dst) {
+  if (reply_src.addr.isV4() != reply_dst.addr.isV4()) return std::nullopt;  // no such tuple
+  const bool v4 = reply_src.addr.isV4();
+  const uint32_t seq = ++handle_->seq;
+  NetlinkRequest req((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST, seq);
+  const nfgenmsg gen{static_cast<uint8_t>(v4 ? AF_INET : AF_INET6), NFNETLINK_V0, 0};
+  req.append(&gen, sizeof gen);
+  const size_t tuple = req.beginNest(CTA_TUPLE_REPLY);
+  tupleAttrs(req, v4, reply_src, reply_dst);
+  req.endNest(tuple);
+  const auto msg = req.finish();
+  sockaddr_nl kernel{};
+  kernel.nl_family = AF_NETLINK;
+  if (::sendto(handle_->fd, msg.data(), msg.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
+               sizeof kernel) < 0) {
+    throw std::runtime_error("conntrack get: send: " + errnoText(errno));
+  }
+  // The answer: the entry, or an error (ENOENT: none). Answers to earlier
+  // requests that timed out are skipped by their sequence number.
+  std::vector<uint8_t> buf(16 * 1024);
+  for (int reads = 0; reads < 16; ++reads) {
+    const ssize_t n = ::recv(handle_->fd, buf.data(), buf.size(), 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw std::runtime_error("conntrack get: recv: " + errnoText(errno));
+    }
+    size_t len = static_cast<size_t>(n);
+    for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, len);
+         h = NLMSG_NEXT(h, len)) {
+      if (h->nlmsg_seq != seq) continue;
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        if (h->nlmsg_len < NLMSG_LENGTH(sizeof(nlmsgerr))) malformedConntrack();
+        nlmsgerr err;
+        std::memcpy(&err, NLMSG_DATA(h), sizeof err);
+        if (err.error == -ENOENT) return std::nullopt;
+        throw std::runtime_error("conntrack get: " + errnoText(-err.error));
+      }
+      std::unique_ptr<nf_conntrack, void (*)(nf_conntrack*)> ct(nfct_new(), nfct_destroy);
+      if (!ct) throw std::runtime_error("nfct_new: out of memory");
+      ConntrackEntry e;
+      if (nfct_nlmsg_parse(h, ct.get()) < 0 || !readEntry(ct.get(), e)) malformedConntrack();
+      return e;
+    }
+  }
+  throw std::runtime_error("conntrack get: no answer");
 }
 
 std::vector<ConntrackEntry> dumpConntrack(const std::string& netns_path, const ConntrackFilter& keep) {

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -90,6 +91,32 @@ using ConntrackFilter = std::function<bool(const ConntrackEntry&)>;
 // is normal when nothing is tracked.
 std::vector<ConntrackEntry> dumpConntrack(const std::string& netns_path,
                                           const ConntrackFilter& keep = {});
+
+// Single TCP entries of one namespace's conntrack table, looked up by their
+// reply tuple (the correlator's remap lookup: Correlator::setRemapLookup).
+// The netlink socket is opened inside the namespace once and stays there (a
+// socket keeps the namespace it was made in), so a lookup is one request and
+// its answer, with no thread or setns. It also keeps the namespace alive:
+// drop the reader when the namespace stops being watched.
+class ConntrackReader {
+ public:
+  // Throws std::runtime_error if the namespace cannot be entered or the
+  // socket cannot be opened (CAP_NET_ADMIN is needed).
+  explicit ConntrackReader(const std::string& netns_path);
+  ~ConntrackReader();
+  ConntrackReader(const ConntrackReader&) = delete;
+  ConntrackReader& operator=(const ConntrackReader&) = delete;
+
+  // The entry whose reply tuple is reply_src -> reply_dst (both IPv4, in
+  // v4-mapped form, or both IPv6); nullopt if there is none. Throws
+  // std::runtime_error on any other failure.
+  std::optional<ConntrackEntry> byReply(const Endpoint& reply_src, const Endpoint& reply_dst);
+
+  struct Handle;  // the library's handle (startup_scan.cpp)
+
+ private:
+  std::unique_ptr<Handle> handle_;
+};
 
 // Accepts the conntrack entries classifyOpenConnections can use for these
 // sockets: those whose original or reply tuple is one socket's (local,

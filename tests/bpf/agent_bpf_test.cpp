@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -12,10 +13,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <set>
 
 #include "bpf_test_util.h"
 #include "lab/lab_pod.h"
+#include "lab/roles.h"
+#include "lab/spawn.h"
 #include "lab/system.h"
 #include "targets.h"
 
@@ -201,6 +205,110 @@ TEST_F(AgentTest, ReportsEveryVerdictExactlyOverIPv4AndIPv6) {
   EXPECT_EQ(summaries.back()["bypassed"], kN);
   EXPECT_DOUBLE_EQ(summaries.back()["capture_rate"].get<double>(), 2.0 / 3.0);
   EXPECT_EQ(testutil::agentProgramsLoaded(), 0);
+}
+
+// Opens one connection from one local address and port (bound with
+// SO_REUSEADDR, port 0: the kernel's choice) to each of dsts, in a child in
+// the pod as the app (uid 1000); keeps them open 300 ms. Returns the app's
+// end, "address:port".
+std::string connectFromOnePort(const lab::LabPod& pod, const Address& local_addr,
+                               const std::vector<Endpoint>& dsts) {
+  lab::SpawnOptions options;
+  options.name = "envoy";
+  options.cgroup_dir = pod.appCgroup();
+  options.netns_path = pod.podNetnsPath();
+  options.uid = 1000;
+  options.gid = 1000;
+  lab::ChildProcess client = lab::spawnInPod(options, [&](int fd) {
+    std::vector<int> socks;
+    Endpoint local{local_addr, 0};
+    for (const Endpoint& dst : dsts) {
+      sockaddr_storage ss{};
+      socklen_t len = lab::toSockaddr(local, ss);
+      const int s = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      const int one = 1;
+      if (s < 0 || ::setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
+        throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+      }
+      if (::bind(s, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+        throw std::runtime_error("bind " + local.str() + ": " + std::strerror(errno));
+      }
+      if (local.port == 0) {
+        len = sizeof ss;
+        ::getsockname(s, reinterpret_cast<sockaddr*>(&ss), &len);
+        local.port =
+            ntohs(ss.ss_family == AF_INET ? reinterpret_cast<sockaddr_in*>(&ss)->sin_port
+                                          : reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+      }
+      len = lab::toSockaddr(dst, ss);
+      if (::connect(s, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+        throw std::runtime_error("connect " + dst.str() + ": " + std::strerror(errno));
+      }
+      socks.push_back(s);
+    }
+    lab::writeFrame(fd, lab::kFrameData, local.str());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    for (int s : socks) ::close(s);
+  });
+  const lab::Frame f = lab::readFrame(client.reportFd(),
+                                      std::chrono::steady_clock::now() + std::chrono::seconds(10));
+  EXPECT_TRUE(f.status == lab::Frame::Status::kOk && f.type == lab::kFrameData)
+      << "client: " << f.payload;
+  if (!client.wait(std::chrono::seconds(5))) client.kill();
+  return f.type == lab::kFrameData ? f.payload : "";
+}
+
+// The app opens several connections from one address and port (allowed for
+// connect, as the kernel's own port choice, which is per destination,
+// allows it) to redirected destinations, over IPv4 and IPv6. Their
+// redirected tuples would be the same (app end -> loopback:15001), so
+// conntrack gives all but the first other source ports and the sidecar
+// accepts them from ports the app's sockets do not have. The agent joins
+// them through the pod's conntrack table: all are captured, none is
+// bypassed, no accept is an orphan.
+TEST_F(AgentTest, ConnectionsWhoseSourcePortConntrackRemappedAreCaptured) {
+  const uint16_t port = testutil::freePort();
+  auto agent = startAgent(port);
+  const Endpoint up4 = pod_->upstreamV4();
+  const Endpoint up6 = pod_->upstreamV6();
+  // The lab's IPv4 rules redirect every port; its IPv6 rules (Istio's
+  // include-ports fixture) 32000 and 31000 only.
+  ASSERT_EQ(up6.port, 32000);
+  const std::vector<std::pair<Address, std::vector<Endpoint>>> cases = {
+      {pod_->podAddressV4(),
+       {up4, Endpoint{up4.addr, static_cast<uint16_t>(up4.port + 1)},
+        Endpoint{up4.addr, static_cast<uint16_t>(up4.port + 2)}}},
+      {pod_->podAddressV6(), {up6, Endpoint{up6.addr, 31000}}},
+  };
+  for (const auto& [local_addr, dsts] : cases) {
+    SCOPED_TRACE(local_addr.str());
+    const std::string app_end = connectFromOnePort(*pod_, local_addr, dsts);
+    ASSERT_FALSE(app_end.empty());
+
+    auto from_app_end = [&](const json& j) {
+      return verdictIs("captured")(j) && j.value("src", "") == app_end;
+    };
+    EXPECT_EQ(agent->waitForCount(from_app_end, dsts.size(), std::chrono::seconds(10)), dsts.size())
+        << agent->stdoutText();
+    std::set<std::string> captured_dsts, want;
+    for (const auto& j : select(agent->lines(), from_app_end)) captured_dsts.insert(j["dst"]);
+    for (const auto& d : dsts) want.insert(d.str());
+    EXPECT_EQ(captured_dsts, want);
+  }
+
+  // Past the grace window: nothing was decided bypassed, no accept left
+  // over, and the remapped ports (2 + 1) were joined.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_TRUE(select(agent->lines(), verdictIs("bypassed")).empty()) << agent->stdoutText();
+  int status = 0;
+  auto metrics = testutil::parseMetrics(testutil::httpGet(port, "/metrics", &status));
+  ASSERT_EQ(status, 200);
+  const std::string lookups = "capturewatch_remap_lookups_total";
+  EXPECT_EQ(testutil::metricSum(metrics, lookups, {"result=\"joined\""}), 3);
+  EXPECT_EQ(testutil::metricSum(metrics, lookups, {"result=\"error\""}), 0);
+  EXPECT_EQ(testutil::metricSum(metrics, "capturewatch_orphan_accepts_total"), 0);
+  EXPECT_EQ(testutil::metricSum(metrics, "capturewatch_connections_total", {"verdict=\"captured\""}),
+            5);
 }
 
 TEST_F(AgentTest, BadFlagsFailWithOneLineAndLeaveNothingLoaded) {

@@ -3,6 +3,7 @@
 #include <sys/socket.h>
 
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -491,6 +492,146 @@ TEST_F(CorrelatorTest, OrphanAcceptCountedAfterGrace) {
   // Gone: a later connection of the same port is not captured by it.
   EXPECT_TRUE(feed(connected(1, kT0 + kGrace + 1, 40000)).empty());
   EXPECT_EQ(correlator_.pendingConnections(), 1U);
+}
+
+// Conntrack's answers for the remap lookup, by the accept's peer port; every
+// question asked is recorded.
+struct FakeConntrack {
+  struct Question {
+    uint32_t netns;
+    Endpoint local, peer;
+  };
+  std::map<uint16_t, RemapAnswer> answers;
+  std::vector<Question> asked;
+
+  Correlator::RemapLookup lookup() {
+    return [this](uint32_t netns, const Endpoint& local, const Endpoint& peer) {
+      asked.push_back({netns, local, peer});
+      auto it = answers.find(peer.port);
+      return it == answers.end() ? RemapAnswer{} : it->second;
+    };
+  }
+};
+
+RemapAnswer found(uint16_t app_port, Endpoint dst) {
+  return RemapAnswer{RemapAnswer::Status::kFound, ep("198.18.0.2", app_port), dst};
+}
+
+// Two connections from 198.18.0.2:40000 to two redirected destinations: the
+// second one's redirected tuple is taken, so conntrack gave it source port
+// 41580 and the sidecar accepts it from there.
+class RemapTest : public CorrelatorTest {
+ protected:
+  static constexpr uint16_t kRemapped = 41580;
+  const Endpoint kSecondDst = ep("198.19.0.2", 443);
+
+  // Both connections and their accepts; the first joins at once.
+  void clash() {
+    EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
+    expectVerdict(feed(accepted(kT0 + 5, 40000)), Verdict::Captured, Outcome::Open, 1, kT0 + 5);
+    EXPECT_TRUE(feed(connected(2, kT0 + 100, 40000, kSecondDst)).empty());
+    EXPECT_TRUE(feed(accepted(kT0 + 105, kRemapped)).empty());
+  }
+
+  FakeConntrack conntrack_;
+};
+
+TEST_F(RemapTest, RemappedAcceptJoinsTheConnectionOfItsConntrackEntry) {
+  conntrack_.answers[kRemapped] = found(40000, kSecondDst);
+  correlator_.setRemapLookup(conntrack_.lookup());
+  clash();
+
+  // Decided at the first expire(), long before the grace window ends.
+  expectVerdict(expire(kT0 + 1'000), Verdict::Captured, Outcome::Open, 2, kT0 + 105);
+  ASSERT_EQ(conntrack_.asked.size(), 1U);
+  EXPECT_EQ(conntrack_.asked[0].netns, kNetns);
+  EXPECT_EQ(conntrack_.asked[0].local, ep("127.0.0.1", kRedirectPort));
+  EXPECT_EQ(conntrack_.asked[0].peer, ep("198.18.0.2", kRemapped));
+  expectEmpty();
+  EXPECT_TRUE(expire(kT0 + 3 * kGrace).empty());
+  EXPECT_EQ(correlator_.stats().remap_joined, 1U);
+  EXPECT_EQ(correlator_.stats().orphan_accepts, 0U);
+  EXPECT_EQ(conntrack_.asked.size(), 1U);
+}
+
+TEST_F(RemapTest, WithoutALookupTheRemappedConnectionIsBypassed) {
+  clash();
+  expectVerdict(expire(kT0 + 100 + kGrace), Verdict::Bypassed, Outcome::Open, 2,
+                kT0 + 100 + kGrace);
+  EXPECT_TRUE(expire(kT0 + 105 + kGrace).empty());
+  EXPECT_EQ(correlator_.stats().orphan_accepts, 1U);
+  EXPECT_EQ(correlator_.stats().remap_joined, 0U);
+}
+
+// An answer that does not name a waiting connection joins nothing: the
+// connection is bypassed at the end of its grace window, the accept an
+// orphan, and each accept is asked about once.
+TEST_F(RemapTest, AnswersThatNameNoWaitingConnectionJoinNothing) {
+  const std::vector<std::pair<const char*, RemapAnswer>> cases = {
+      {"no entry", RemapAnswer{}},
+      {"error", RemapAnswer{RemapAnswer::Status::kError, {}, {}}},
+      {"not remapped", found(kRemapped, kSecondDst)},
+      {"another destination", found(40000, ep("198.19.0.3", 443))},
+      {"another app port", found(40002, kSecondDst)},
+  };
+  uint64_t t = kT0;
+  for (const auto& [what, answer] : cases) {
+    SCOPED_TRACE(what);
+    Correlator correlator({.grace_ns = kGrace});
+    FakeConntrack conntrack;
+    conntrack.answers[kRemapped] = answer;
+    correlator.setRemapLookup(conntrack.lookup());
+    std::vector<Decision> out;
+    correlator.onEvent(connected(2, t, 40000, kSecondDst), out);
+    correlator.onEvent(accepted(t + 5, kRemapped), out);
+    correlator.expire(t + 1'000, out);
+    correlator.expire(t + 2'000, out);
+    EXPECT_TRUE(out.empty());
+    EXPECT_EQ(conntrack.asked.size(), 1U);
+    correlator.expire(t + 5 + kGrace, out);
+    ASSERT_EQ(out.size(), 1U);
+    EXPECT_EQ(out[0].conn.verdict, Verdict::Bypassed);
+    const auto& st = correlator.stats();
+    EXPECT_EQ(st.orphan_accepts, 1U);
+    EXPECT_EQ(st.remap_joined, 0U);
+    EXPECT_EQ(st.remap_errors + st.remap_unmatched, 1U);
+    EXPECT_EQ(st.remap_errors, answer.status == RemapAnswer::Status::kError ? 1U : 0U);
+    t += 10 * kGrace;
+  }
+}
+
+TEST_F(RemapTest, LookupsPerExpireAreBoundedAndTheRestWait) {
+  Correlator correlator({.grace_ns = kGrace, .max_remap_lookups = 2});
+  FakeConntrack conntrack;
+  correlator.setRemapLookup(conntrack.lookup());
+  std::vector<Decision> out;
+  for (uint16_t i = 0; i < 5; ++i) correlator.onEvent(accepted(kT0 + i, 50000 + i), out);
+  // One claimed at once by its connection: never asked about.
+  correlator.onEvent(connected(7, kT0 + 10, 50004), out);
+  ASSERT_EQ(out.size(), 1U);
+  correlator.expire(kT0 + 100, out);
+  EXPECT_EQ(conntrack.asked.size(), 2U);
+  correlator.expire(kT0 + 200, out);
+  EXPECT_EQ(conntrack.asked.size(), 4U);
+  correlator.expire(kT0 + 300, out);
+  EXPECT_EQ(conntrack.asked.size(), 4U);
+  std::vector<uint16_t> ports;
+  for (const auto& q : conntrack.asked) ports.push_back(q.peer.port);
+  EXPECT_EQ(ports, (std::vector<uint16_t>{50000, 50001, 50002, 50003}));
+}
+
+// The app's port was reused: a later connection of the same end took the
+// join index over. The remapped accept still finds the connection of its
+// original tuple.
+TEST_F(RemapTest, FindsTheConnectionOfItsTupleWhenAnotherHasTheSamePort) {
+  conntrack_.answers[kRemapped] = found(40000, kSecondDst);
+  correlator_.setRemapLookup(conntrack_.lookup());
+  EXPECT_TRUE(feed(connected(2, kT0, 40000, kSecondDst)).empty());
+  EXPECT_TRUE(feed(connected(3, kT0 + 50, 40000, ep("198.19.0.9", 80))).empty());
+  EXPECT_TRUE(feed(accepted(kT0 + 105, kRemapped)).empty());
+  expectVerdict(expire(kT0 + 1'000), Verdict::Captured, Outcome::Open, 2, kT0 + 105);
+  EXPECT_EQ(correlator_.pendingConnections(), 1U);
+  expectVerdict(expire(kT0 + 50 + kGrace), Verdict::Bypassed, Outcome::Open, 3, kT0 + 50 + kGrace);
 }
 
 TEST_F(CorrelatorTest, AcceptOlderThanGraceDoesNotCapture) {

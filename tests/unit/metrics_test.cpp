@@ -38,5 +38,36 @@ TEST(MetricsTest, KernelCountersAdvanceByWhatTheKernelAdded) {
   EXPECT_EQ(counterValue(m, "capturewatch_bpf_runs_skipped_total"), 5);
 }
 
+double seriesValue(const Metrics& m, const std::string& name, const std::string& label,
+                   const std::string& value) {
+  for (const auto& family : m.registry()->Collect()) {
+    if (family.name != name) continue;
+    for (const auto& metric : family.metric) {
+      for (const auto& l : metric.label) {
+        if (l.name == label && l.value == value) return metric.counter.value;
+      }
+    }
+  }
+  ADD_FAILURE() << name << "{" << label << "=\"" << value << "\"} is not registered";
+  return -1;
+}
+
+TEST(MetricsTest, RemapLookupsAreCountedByResultFromZero) {
+  Metrics m;
+  for (const char* result : {"joined", "unmatched", "error"}) {
+    EXPECT_EQ(seriesValue(m, "capturewatch_remap_lookups_total", "result", result), 0) << result;
+  }
+  Correlator::Stats s;
+  s.remap_joined = 3;
+  s.remap_unmatched = 1;
+  m.syncCorrelator(s);
+  s.remap_joined = 4;
+  s.remap_errors = 2;
+  m.syncCorrelator(s);
+  EXPECT_EQ(seriesValue(m, "capturewatch_remap_lookups_total", "result", "joined"), 4);
+  EXPECT_EQ(seriesValue(m, "capturewatch_remap_lookups_total", "result", "unmatched"), 1);
+  EXPECT_EQ(seriesValue(m, "capturewatch_remap_lookups_total", "result", "error"), 2);
+}
+
 }  // namespace
 }  // namespace cw
