@@ -219,9 +219,18 @@ static __always_inline void buckets_of(__u64 key, __u32 b[2])
 	b[1] = (__u32)(((key & 0xffffffffULL) * owner_buckets) >> 32);
 }
 
+/* A key of owner_keys is the socket's address (8-byte aligned) with tag bits
+ * in its low bits. CW_KEY_QUIET: the socket's close record is not needed
+ * (its owner is the proxy's, or the sidecar's accept of its connection was
+ * sent), so that its close frees the entry without reading the owner entry,
+ * another cache line, usually cold by then (README Performance). */
+#define CW_KEY_QUIET 1ULL
+#define CW_KEY_TAGS 7ULL
+
 /* The owner entry of the socket at `key`, or NULL; *slot is set to its index
- * in owners (the same index of the key in owner_keys' buckets). */
-static __always_inline struct owner *find_owner(__u64 key, __u32 *slot)
+ * in owners (the same index of the key in owner_keys' buckets) and *tags to
+ * its key's tag bits. */
+static __always_inline struct owner *find_owner(__u64 key, __u32 *slot, __u64 *tags)
 {
 	if (key == 0)
 		return NULL;
@@ -234,13 +243,27 @@ static __always_inline struct owner *find_owner(__u64 key, __u32 *slot)
 			return NULL;
 #pragma unroll
 		for (int i = 0; i < CW_OWNER_BUCKET_SLOTS; i++) {
-			if (keys->sk[i] != key)
+			__u64 k = keys->sk[i];
+			if ((k & ~CW_KEY_TAGS) != key)
 				continue;
 			*slot = b[h] * CW_OWNER_BUCKET_SLOTS + i;
+			*tags = k & CW_KEY_TAGS;
 			return bpf_map_lookup_elem(&owners, slot);
 		}
 	}
 	return NULL;
+}
+
+/* Sets CW_KEY_QUIET on the key of the entry find_owner found at `slot`, if
+ * that key is still `key` (a compare-and-swap: the socket's close may free it
+ * on another CPU meanwhile). */
+static __always_inline void quiet_owner(__u32 slot, __u64 key)
+{
+	__u32 b = slot / CW_OWNER_BUCKET_SLOTS;
+	struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b);
+	if (keys)
+		__sync_val_compare_and_swap(&keys->sk[slot % CW_OWNER_BUCKET_SLOTS], key,
+					    key | CW_KEY_QUIET);
 }
 
 /* Frees the entry find_owner returned at `slot` (its key goes back to 0). */
@@ -262,12 +285,13 @@ static __always_inline int in_use(__u64 k)
 	return (int)(nz >> 63);
 }
 
-/* Claims a free key of bucket `b` (its keys at `keys`) for `key`. */
-static __always_inline struct owner *claim_in(struct owner_bucket *keys, __u32 b, __u64 key)
+/* Claims a free key of bucket `b` (its keys at `keys`) for `tagged` (the
+ * socket's address and its tags). */
+static __always_inline struct owner *claim_in(struct owner_bucket *keys, __u32 b, __u64 tagged)
 {
 #pragma unroll
 	for (int i = 0; i < CW_OWNER_BUCKET_SLOTS; i++) {
-		if (keys->sk[i] != 0 || __sync_val_compare_and_swap(&keys->sk[i], 0, key) != 0)
+		if (keys->sk[i] != 0 || __sync_val_compare_and_swap(&keys->sk[i], 0, tagged) != 0)
 			continue;
 		__u32 slot = b * CW_OWNER_BUCKET_SLOTS + i;
 		return bpf_map_lookup_elem(&owners, &slot);
@@ -275,43 +299,71 @@ static __always_inline struct owner *claim_in(struct owner_bucket *keys, __u32 b
 	return NULL;
 }
 
+/* A new key goes to the socket's first bucket while at most this many of its
+ * keys are in use: one cache line read at connect() instead of two, and the
+ * entry is found in the first bucket later. A fuller first bucket sends it
+ * to the emptier of the two (a simulation of slab-like addresses with churn:
+ * no failure at the bound, as with the emptier always; README Performance). */
+#define CW_OWNER_FIRST_MAX_USED 3
+
+/* The entry of the socket at `key` in bucket `b` (keys at `keys`), its key's
+ * tags set to `tags`, or NULL; *used counts the bucket's keys in use. */
+static __always_inline struct owner *existing_in(struct owner_bucket *keys, __u32 b, __u64 key,
+						 __u64 tags, int *used)
+{
+	int n = 0;
+#pragma unroll
+	for (int i = 0; i < CW_OWNER_BUCKET_SLOTS; i++) {
+		__u64 k = keys->sk[i];
+		if ((k & ~CW_KEY_TAGS) == key) {
+			__u32 slot = b * CW_OWNER_BUCKET_SLOTS + i;
+			keys->sk[i] = key | tags; /* not the earlier connection's */
+			return bpf_map_lookup_elem(&owners, &slot);
+		}
+		n += in_use(k);
+	}
+	*used = n;
+	return NULL;
+}
+
 /* The entry of the socket at `key`: the one it has (a socket connected again
- * after a failed connect keeps it), or a key claimed in the emptier of its
- * two buckets (then in the other, if a concurrent claim took the last free
- * key). NULL when both are full. */
-static __always_inline struct owner *claim_owner(__u64 key)
+ * after a failed connect, or one whose close was not seen, keeps it), or a
+ * key claimed in its first bucket while that has room to spare, else in the
+ * emptier of its two buckets (then in the other, if a concurrent claim took
+ * the last free key). NULL when both are full. A stale entry in the second
+ * bucket of a socket that now finds room in its first stays until its
+ * address is tracked again with a fuller first bucket. */
+static __always_inline struct owner *claim_owner(__u64 key, __u64 tags)
 {
 	if (key == 0)
 		return NULL;
 	__u32 b[2];
 	buckets_of(key, b);
 	struct owner_bucket *k0 = bpf_map_lookup_elem(&owner_keys, &b[0]);
-	struct owner_bucket *k1 = bpf_map_lookup_elem(&owner_keys, &b[1]);
-	if (!k0 || !k1)
+	if (!k0)
 		return NULL;
 	int used0 = 0;
+	struct owner *o = existing_in(k0, b[0], key, tags, &used0);
+	if (o)
+		return o;
+	if (used0 <= CW_OWNER_FIRST_MAX_USED) {
+		o = claim_in(k0, b[0], key | tags);
+		if (o)
+			return o;
+	}
+	struct owner_bucket *k1 = bpf_map_lookup_elem(&owner_keys, &b[1]);
+	if (!k1)
+		return NULL;
 	int used1 = 0;
-#pragma unroll
-	for (int i = 0; i < CW_OWNER_BUCKET_SLOTS; i++) {
-		__u32 slot;
-		if (k0->sk[i] == key) {
-			slot = b[0] * CW_OWNER_BUCKET_SLOTS + i;
-			return bpf_map_lookup_elem(&owners, &slot);
-		}
-		if (k1->sk[i] == key) {
-			slot = b[1] * CW_OWNER_BUCKET_SLOTS + i;
-			return bpf_map_lookup_elem(&owners, &slot);
-		}
-		used0 += in_use(k0->sk[i]);
-		used1 += in_use(k1->sk[i]);
-	}
-	struct owner *o;
+	o = existing_in(k1, b[1], key, tags, &used1);
+	if (o)
+		return o;
 	if (used1 < used0) {
-		o = claim_in(k1, b[1], key);
-		return o ? o : claim_in(k0, b[0], key);
+		o = claim_in(k1, b[1], key | tags);
+		return o ? o : claim_in(k0, b[0], key | tags);
 	}
-	o = claim_in(k0, b[0], key);
-	return o ? o : claim_in(k1, b[1], key);
+	o = claim_in(k0, b[0], key | tags);
+	return o ? o : claim_in(k1, b[1], key | tags);
 }
 
 /* Reserve, fill and submit one record in this CPU's ring; a failed reserve
@@ -407,10 +459,11 @@ static __always_inline void join_accept(const struct sock *sk, __u32 netns)
 			continue;
 		__u64 key = r->sk[i];
 		__u32 slot;
+		__u64 tags;
 		r->sk[i] = 0;
-		struct owner *o = find_owner(key, &slot);
+		struct owner *o = find_owner(key, &slot, &tags);
 		if (o && o->netns == netns)
-			o->flags |= CW_F_ACCEPT_SEEN;
+			quiet_owner(slot, key); /* CW_F_ACCEPT_SEEN */
 		return;
 	}
 }
@@ -421,23 +474,33 @@ static __always_inline void record_owner(const struct sock *sk)
 	if (!netns_watched(netns))
 		return;
 
+	/* Bound to the redirect port before connect() (where the sidecar does
+	 * not listen on it): not tracked, since the close of a socket on that
+	 * port skips the owner table (cw_set_state), and counted as lost. */
+	if (sk->__sk_common.skc_num == redirect_port) {
+		count(CW_CNT_LOST_ACTIVE);
+		return;
+	}
+
 	__u64 key = sk_key(sk, CW_SCRATCH_SET_STATE);
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	struct owner *o = claim_owner(key);
+	__u64 cgroup_id = bpf_get_current_cgroup_id();
+	bool proxy = bpf_map_lookup_elem(&proxy_cgroups, &cgroup_id) != NULL;
+	struct owner *o = (key & CW_KEY_TAGS) ? NULL : claim_owner(key, proxy ? CW_KEY_QUIET : 0);
 	if (!o) {
 		/* Both buckets full: this connection will emit nothing. */
 		count(CW_CNT_OWNER_INSERT_FAIL);
 		count(CW_CNT_LOST_ACTIVE);
 		return;
 	}
-	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->cgroup_id = cgroup_id;
 	o->pid = pid_tgid >> 32;
 	o->uid = (__u32)uid_gid;
 	o->gid = uid_gid >> 32;
 	o->netns = netns;
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
-	o->flags = bpf_map_lookup_elem(&proxy_cgroups, &o->cgroup_id) ? CW_F_PROXY_OWNER : 0;
+	o->flags = proxy ? CW_F_PROXY_OWNER : 0;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -468,8 +531,16 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		return 0;
 	}
 
+	/* A socket on the redirect port is the sidecar's (accepted above), never
+	 * one with an owner entry (record_owner tracks none): its close skips the
+	 * owner table, where the two buckets of a socket it never saw are
+	 * usually cache misses (README Performance). */
+	if (sk->__sk_common.skc_num == redirect_port)
+		return 0;
+
 	__u32 slot;
-	struct owner *o = find_owner(sk_key(sk, CW_SCRATCH_SET_STATE), &slot);
+	__u64 tags = 0;
+	struct owner *o = find_owner(sk_key(sk, CW_SCRATCH_SET_STATE), &slot, &tags);
 	if (!o)
 		return 0; /* not an app socket of a watched netns */
 
@@ -481,7 +552,7 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0);
 		free_owner(slot);
 	} else if (newstate == TCP_CLOSE) {
-		if (o->flags & (CW_F_PROXY_OWNER | CW_F_ACCEPT_SEEN)) {
+		if (tags & CW_KEY_QUIET) {
 			/* Decided (proxy, captured) by the records already sent. */
 			free_owner(slot);
 			return 0;
@@ -505,7 +576,8 @@ SEC("tp_btf/tcp_receive_reset")
 int BPF_PROG(cw_receive_reset, struct sock *sk)
 {
 	__u32 slot;
-	struct owner *o = find_owner(sk_key(sk, CW_SCRATCH_RESET), &slot);
+	__u64 tags;
+	struct owner *o = find_owner(sk_key(sk, CW_SCRATCH_RESET), &slot, &tags);
 	if (o)
 		o->flags |= CW_F_RESET_RECEIVED;
 	return 0;

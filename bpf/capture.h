@@ -38,7 +38,8 @@ enum cw_event_kind {
 #define CW_F_PROXY_OWNER 0x08    /* the owner's cgroup was in proxy_cgroups at connect(): the
                                   * socket's close record is not sent */
 #define CW_F_ACCEPT_SEEN 0x10    /* kernel only (never in a record): the sidecar's accept of
-                                  * this socket's connection was sent, so its close is not */
+                                  * this socket's connection was sent, so its close is not
+                                  * (kept as a tag of the socket's key in the owner table) */
 
 struct cw_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */

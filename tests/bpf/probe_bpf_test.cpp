@@ -468,6 +468,48 @@ TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
   EXPECT_EQ(testutil::bpfOwnerEntries(), 0);
 }
 
+// A socket bound to the redirect port before connect() (in a pod where the
+// sidecar does not listen on it) is not tracked: the close of a socket on
+// that port skips the owner table (it is the sidecar's accepted one), so its
+// entry would never be freed. It is counted as a lost connection instead.
+TEST_F(ProbeTest, ASocketBoundToTheRedirectPortIsCountedLostAndNotTracked) {
+  ScopedNetns ns("cw-test-probe-r");
+  Recorder rec;
+  ProbeOptions opts;
+  opts.redirect_port = 15993;
+  auto probe = openWatching(ns, rec, opts);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    sockaddr_in server;
+    const int l = childListenInNetns(ns.path(), 0, server);
+    const int c = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in local{};
+    local.sin_family = AF_INET;
+    local.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    local.sin_port = htons(15993);
+    if (::bind(c, reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
+        ::connect(c, reinterpret_cast<sockaddr*>(&server), sizeof server) != 0) {
+      _exit(12);
+    }
+    const int s = ::accept(l, nullptr, nullptr);
+    ::close(c);
+    ::close(s);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  // An ordinary connection afterwards is tracked as always.
+  ASSERT_EQ(testutil::loopbackConnections(ns.path(), 1, false), 1);
+  drain(*probe);
+  EXPECT_EQ(probe->counters().lost_active, 1u);
+  EXPECT_EQ(probe->counters().owner_insert_failed, 0u);
+  EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 1);
+  for (const auto& e : rec.events) EXPECT_NE(e.src.port, 15993) << "a record of the bound socket";
+  EXPECT_EQ(testutil::bpfOwnerEntries(), 0);
+}
+
 // How a connection ended, as its close record tells it (the bypass outcome
 // comes from it): the peer closing first, the app closing first, data
 // received, and a reset. Each in turn, told apart by the app's port.
