@@ -12,7 +12,8 @@
  * return before any map lookup, the socket is read with plain loads (tp_btf
  * gives a typed pointer; no bpf_probe_read_kernel call per field), and a
  * socket whose netns is not in watched_netns costs one hash lookup at
- * connect() and one at each of its established and its close. */
+ * connect() and a look into the owner table (its two buckets) at its
+ * established and at its close. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
