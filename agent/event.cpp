@@ -40,20 +40,15 @@ std::optional<Address> Address::parse(const std::string& text) {
   return fromV4(buf);
 }
 
-bool Address::isV4() const {
-  return std::memcmp(bytes.data(), kV4MappedPrefix.data(), kV4MappedPrefix.size()) == 0;
-}
-
 bool Address::isLoopback() const {
   if (isV4()) return bytes[12] == 127;
-  static constexpr std::array<uint8_t, 16> kV6Loopback = {0, 0, 0, 0, 0, 0, 0, 0,
-                                                          0, 0, 0, 0, 0, 0, 0, 1};
-  return bytes == kV6Loopback;
+  static constexpr Address kV6Loopback{{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}};
+  return *this == kV6Loopback;
 }
 
 bool Address::isUnspecified() const {
   if (isV4()) return bytes[12] == 0 && bytes[13] == 0 && bytes[14] == 0 && bytes[15] == 0;
-  return bytes == std::array<uint8_t, 16>{};
+  return *this == Address{};
 }
 
 std::string Address::str() const {
