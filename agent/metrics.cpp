@@ -57,6 +57,16 @@ Metrics::Metrics()
       watched_targets_(gauge("capturewatch_watched_targets",
                              "Pods (network namespaces) watched on this node.", *registry_)
                            .Add({})),
+      tracked_sockets_(gauge("capturewatch_tracked_sockets",
+                             "App sockets of watched pods the kernel's owner table tracks now "
+                             "(read every 10 s).",
+                             *registry_)
+                           .Add({})),
+      tracked_sockets_limit_(gauge("capturewatch_tracked_sockets_limit",
+                                   "--max-tracked-sockets: the sockets the owner table holds "
+                                   "with practically no insert failing.",
+                                   *registry_)
+                                 .Add({})),
       ready_(gauge("capturewatch_ready",
                    "1 when the BPF programs are attached and the targets are synced.", *registry_)
                  .Add({})),
@@ -191,6 +201,11 @@ void Metrics::removePod(const PodLabels& pod) {
 }
 
 void Metrics::setWatchedTargets(size_t n) { watched_targets_.Set(static_cast<double>(n)); }
+
+void Metrics::setTrackedSockets(int64_t n, uint64_t limit) {
+  tracked_sockets_.Set(static_cast<double>(n));
+  tracked_sockets_limit_.Set(static_cast<double>(limit));
+}
 
 void Metrics::setReady(bool ready) { ready_.Set(ready ? 1 : 0); }
 

@@ -50,6 +50,8 @@ class Metrics {
   void removePod(const PodLabels& pod);
 
   void setWatchedTargets(size_t n);
+  // The kernel's owner table: sockets tracked now, and the bound they may reach.
+  void setTrackedSockets(int64_t n, uint64_t limit);
   void setReady(bool ready);
   // Kernel and correlator counters are cumulative: ours advance by the difference.
   void syncKernel(const ProbeCounters& counters);
@@ -85,6 +87,8 @@ class Metrics {
   prometheus::Family<prometheus::Counter>& rules_reads_;
   prometheus::Family<prometheus::Counter>* kubernetes_errors_ = nullptr;
   prometheus::Gauge& watched_targets_;
+  prometheus::Gauge& tracked_sockets_;
+  prometheus::Gauge& tracked_sockets_limit_;
   prometheus::Gauge& ready_;
   prometheus::Gauge* kubernetes_watch_up_ = nullptr;
   prometheus::Counter* kubernetes_watch_restarts_ = nullptr;

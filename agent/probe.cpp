@@ -304,6 +304,29 @@ uint64_t Probe::runsSkipped() const {
   return total;
 }
 
+int64_t Probe::trackedSockets() const {
+  const int fd = bpf_map__fd(skel_->maps.owner_keys);
+  const uint32_t buckets = bpf_map__max_entries(skel_->maps.owner_keys);
+  constexpr uint32_t kBatch = 1024;
+  std::vector<uint32_t> keys(kBatch);
+  std::vector<uint64_t> values(static_cast<size_t>(kBatch) * CW_OWNER_BUCKET_SLOTS);
+  int64_t total = 0;
+  uint32_t out_batch = 0;
+  uint32_t read = 0;
+  for (bool first = true; read < buckets; first = false) {
+    uint32_t count = kBatch;
+    const int err = bpf_map_lookup_batch(fd, first ? nullptr : &out_batch, &out_batch, keys.data(),
+                                         values.data(), &count, nullptr);
+    if (err != 0 && errno != ENOENT) return -1;  // ENOENT: the last batch
+    for (size_t i = 0; i < static_cast<size_t>(count) * CW_OWNER_BUCKET_SLOTS; ++i) {
+      total += values[i] != 0 ? 1 : 0;
+    }
+    read += count;
+    if (err != 0 || count == 0) break;
+  }
+  return total;
+}
+
 ProbeCounters Probe::counters() const {
   return ProbeCounters{sumCounter(CW_CNT_RINGBUF_LOST), sumCounter(CW_CNT_OWNER_INSERT_FAIL),
                        sumCounter(CW_CNT_EVENTS),       sumCounter(CW_CNT_LOST_ACTIVE),

@@ -111,6 +111,11 @@ class Probe {
 
   ProbeCounters counters() const;
 
+  // The app sockets the kernel's owner table tracks now (its keys in use),
+  // read in batches of buckets: 2 MiB with the default bound, a few ms. -1
+  // if the table cannot be read.
+  int64_t trackedSockets() const;
+
  private:
   uint64_t sumCounter(uint32_t idx) const;  // a per-CPU counter, summed
   uint64_t runsSkipped() const;

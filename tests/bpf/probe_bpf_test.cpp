@@ -451,6 +451,7 @@ TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
   ASSERT_EQ(::read(ready[0], &x, 1), 1) << "the child could not open its connections";
   drain(*probe);
   EXPECT_EQ(testutil::bpfOwnerEntries(), kBound);  // all open, all tracked
+  EXPECT_EQ(probe->trackedSockets(), kBound);      // as the agent's gauge reads it
   ASSERT_EQ(::write(release[1], &x, 1), 1);
   int status = 0;
   waitpid(child, &status, 0);
@@ -466,6 +467,7 @@ TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
   // Every app socket ends (the server never accepted them) and its key is
   // freed with it.
   EXPECT_EQ(testutil::bpfOwnerEntries(), 0);
+  EXPECT_EQ(probe->trackedSockets(), 0);
 }
 
 // A socket bound to the redirect port before connect() (in a pod where the

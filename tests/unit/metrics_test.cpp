@@ -69,5 +69,22 @@ TEST(MetricsTest, RemapLookupsAreCountedByResultFromZero) {
   EXPECT_EQ(seriesValue(m, "capturewatch_remap_lookups_total", "result", "error"), 2);
 }
 
+double gaugeValue(const Metrics& m, const std::string& name) {
+  for (const auto& family : m.registry()->Collect()) {
+    if (family.name == name && family.metric.size() == 1) return family.metric[0].gauge.value;
+  }
+  ADD_FAILURE() << name << " is not registered as one gauge";
+  return -1;
+}
+
+TEST(MetricsTest, TrackedSocketsAndTheirLimitAreGauges) {
+  Metrics m;
+  m.setTrackedSockets(1234, 131072);
+  EXPECT_EQ(gaugeValue(m, "capturewatch_tracked_sockets"), 1234);
+  EXPECT_EQ(gaugeValue(m, "capturewatch_tracked_sockets_limit"), 131072);
+  m.setTrackedSockets(7, 131072);
+  EXPECT_EQ(gaugeValue(m, "capturewatch_tracked_sockets"), 7);
+}
+
 }  // namespace
 }  // namespace cw
