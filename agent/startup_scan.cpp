@@ -435,16 +435,9 @@ std::vector<ScannedSocket> scanTcpSockets(const std::string& netns_path) {
   return out;
 }
 
-// The request is built here: libnetfilter_conntrack's builder always adds an
-// original tuple, which the kernel looks up first. Its parser reads the answer.
-struct ConntrackReader::Handle {
-  int fd = -1;
-  uint32_t seq = 0;
-  ~Handle() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
+// ConntrackReader builds its request itself: libnetfilter_conntrack's builder
+// always adds an original tuple, which the kernel looks up first. The
+// library's parser reads the answer.
 namespace {
 
 constexpr int kConntrackGetTimeoutMs = 1000;
@@ -510,25 +503,28 @@ void tupleAttrs(NetlinkRequest& req, bool v4, const Endpoint& src, const Endpoin
 
 }  // namespace
 
-ConntrackReader::ConntrackReader(const std::string& netns_path)
-    : handle_(std::make_unique<Handle>()) {
+ConntrackReader::ConntrackReader(const std::string& netns_path) {
   runInNetns(netns_path, [&] {
-    handle_->fd = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (handle_->fd < 0) throw std::runtime_error("netlink socket: " + errnoText(errno));
+    fd_ = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+    if (fd_ < 0) throw std::runtime_error("netlink socket: " + errnoText(errno));
   });
   const timeval tv{kConntrackGetTimeoutMs / 1000, (kConntrackGetTimeoutMs % 1000) * 1000};
-  if (::setsockopt(handle_->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
-    throw std::runtime_error("netlink SO_RCVTIMEO: " + errnoText(errno));
+  if (::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0) {
+    const int err = errno;
+    ::close(fd_);
+    throw std::runtime_error("netlink SO_RCVTIMEO: " + errnoText(err));
   }
 }
 
-ConntrackReader::~ConntrackReader() = default;
+ConntrackReader::~ConntrackReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
 
 std::optional<ConntrackEntry> ConntrackReader::byReply(const Endpoint& reply_src,
                                                        const Endpoint& reply_dst) {
   if (reply_src.addr.isV4() != reply_dst.addr.isV4()) return std::nullopt;  // no such tuple
   const bool v4 = reply_src.addr.isV4();
-  const uint32_t seq = ++handle_->seq;
+  const uint32_t seq = ++seq_;
   NetlinkRequest req((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET, NLM_F_REQUEST, seq);
   const nfgenmsg gen{static_cast<uint8_t>(v4 ? AF_INET : AF_INET6), NFNETLINK_V0, 0};
   req.append(&gen, sizeof gen);
@@ -538,7 +534,7 @@ std::optional<ConntrackEntry> ConntrackReader::byReply(const Endpoint& reply_src
   const auto msg = req.finish();
   sockaddr_nl kernel{};
   kernel.nl_family = AF_NETLINK;
-  if (::sendto(handle_->fd, msg.data(), msg.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
+  if (::sendto(fd_, msg.data(), msg.size(), 0, reinterpret_cast<sockaddr*>(&kernel),
                sizeof kernel) < 0) {
     throw std::runtime_error("conntrack get: send: " + errnoText(errno));
   }
@@ -546,7 +542,7 @@ std::optional<ConntrackEntry> ConntrackReader::byReply(const Endpoint& reply_src
   // requests that timed out are skipped by their sequence number.
   std::vector<uint8_t> buf(16 * 1024);
   for (int reads = 0; reads < 16; ++reads) {
-    const ssize_t n = ::recv(handle_->fd, buf.data(), buf.size(), 0);
+    const ssize_t n = ::recv(fd_, buf.data(), buf.size(), 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       throw std::runtime_error("conntrack get: recv: " + errnoText(errno));

@@ -20,7 +20,6 @@
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -112,10 +111,9 @@ class ConntrackReader {
   // std::runtime_error on any other failure.
   std::optional<ConntrackEntry> byReply(const Endpoint& reply_src, const Endpoint& reply_dst);
 
-  struct Handle;  // the library's handle (startup_scan.cpp)
-
  private:
-  std::unique_ptr<Handle> handle_;
+  int fd_ = -1;       // NETLINK_NETFILTER, in the namespace
+  uint32_t seq_ = 0;  // of the last request
 };
 
 // Accepts the conntrack entries classifyOpenConnections can use for these

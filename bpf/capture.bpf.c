@@ -255,25 +255,30 @@ static __always_inline struct owner *find_owner(__u64 key, __u32 *slot, __u64 *t
 	return NULL;
 }
 
+/* The key of the entry at `slot` in owners (NULL only for a slot out of range). */
+static __always_inline __u64 *owner_key(__u32 slot)
+{
+	__u32 b = slot / CW_OWNER_BUCKET_SLOTS;
+	struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b);
+	return keys ? &keys->sk[slot % CW_OWNER_BUCKET_SLOTS] : NULL;
+}
+
 /* Sets CW_KEY_QUIET on the key of the entry find_owner found at `slot`, if
  * that key is still `key` (a compare-and-swap: the socket's close may free it
  * on another CPU meanwhile). */
 static __always_inline void quiet_owner(__u32 slot, __u64 key)
 {
-	__u32 b = slot / CW_OWNER_BUCKET_SLOTS;
-	struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b);
-	if (keys)
-		__sync_val_compare_and_swap(&keys->sk[slot % CW_OWNER_BUCKET_SLOTS], key,
-					    key | CW_KEY_QUIET);
+	__u64 *k = owner_key(slot);
+	if (k)
+		__sync_val_compare_and_swap(k, key, key | CW_KEY_QUIET);
 }
 
 /* Frees the entry find_owner returned at `slot` (its key goes back to 0). */
 static __always_inline void free_owner(__u32 slot)
 {
-	__u32 b = slot / CW_OWNER_BUCKET_SLOTS;
-	struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b);
-	if (keys)
-		keys->sk[slot % CW_OWNER_BUCKET_SLOTS] = 0;
+	__u64 *k = owner_key(slot);
+	if (k)
+		*k = 0;
 }
 
 /* 1 if a bucket's key is in use, else 0, without a branch: a branch per key
