@@ -58,8 +58,7 @@ Metrics::Metrics()
                              "Pods (network namespaces) watched on this node.", *registry_)
                            .Add({})),
       tracked_sockets_(gauge("capturewatch_tracked_sockets",
-                             "App sockets of watched pods the kernel's owner table tracks now "
-                             "(read every 10 s).",
+                             "App sockets of watched pods the kernel's owner table tracks now.",
                              *registry_)
                            .Add({})),
       tracked_sockets_limit_(gauge("capturewatch_tracked_sockets_limit",
@@ -202,7 +201,7 @@ void Metrics::removePod(const PodLabels& pod) {
 
 void Metrics::setWatchedTargets(size_t n) { watched_targets_.Set(static_cast<double>(n)); }
 
-void Metrics::setTrackedSockets(int64_t n, uint64_t limit) {
+void Metrics::setTrackedSockets(uint64_t n, uint64_t limit) {
   tracked_sockets_.Set(static_cast<double>(n));
   tracked_sockets_limit_.Set(static_cast<double>(limit));
 }

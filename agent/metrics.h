@@ -51,7 +51,7 @@ class Metrics {
 
   void setWatchedTargets(size_t n);
   // The kernel's owner table: sockets tracked now, and the bound they may reach.
-  void setTrackedSockets(int64_t n, uint64_t limit);
+  void setTrackedSockets(uint64_t n, uint64_t limit);
   void setReady(bool ready);
   // Kernel and correlator counters are cumulative: ours advance by the difference.
   void syncKernel(const ProbeCounters& counters);

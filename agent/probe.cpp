@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -118,6 +119,14 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
         "cannot attach to the tracepoints sock/inet_sock_set_state and tcp/tcp_receive_reset: " +
         std::string(strerror(-err)) + privilegeHint(-err) + "\n" + log.text());
   }
+  // The owner table's keys, read-only, for trackedSockets().
+  const size_t keys_bytes = static_cast<size_t>(owner_buckets) * sizeof(uint64_t) * CW_OWNER_BUCKET_SLOTS;
+  void* keys = ::mmap(nullptr, keys_bytes, PROT_READ, MAP_SHARED, bpf_map__fd(probe->skel_->maps.owner_keys), 0);
+  if (keys == MAP_FAILED) {
+    throw ProbeError("cannot map the owner table (owner_keys) for reading: " + std::string(strerror(errno)));
+  }
+  probe->owner_keys_ = static_cast<const uint64_t*>(keys);
+  probe->owner_keys_bytes_ = keys_bytes;
   if (options.read_budget == 0) throw ProbeError("the ring buffer read budget must be at least 1");
   probe->read_budget_ = options.read_budget;
   probe->ring_share_ = std::max<uint32_t>(1, options.read_budget / static_cast<uint32_t>(ncpu));
@@ -163,6 +172,7 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
 }
 
 Probe::~Probe() {
+  if (owner_keys_ != nullptr) ::munmap(const_cast<uint64_t*>(owner_keys_), owner_keys_bytes_);
   for (auto& r : readers_) ring_buffer__free(r->rb);
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (skel_ != nullptr) capture_bpf::destroy(skel_);
@@ -304,25 +314,12 @@ uint64_t Probe::runsSkipped() const {
   return total;
 }
 
-int64_t Probe::trackedSockets() const {
-  const int fd = bpf_map__fd(skel_->maps.owner_keys);
-  const uint32_t buckets = bpf_map__max_entries(skel_->maps.owner_keys);
-  constexpr uint32_t kBatch = 1024;
-  std::vector<uint32_t> keys(kBatch);
-  std::vector<uint64_t> values(static_cast<size_t>(kBatch) * CW_OWNER_BUCKET_SLOTS);
-  int64_t total = 0;
-  uint32_t out_batch = 0;
-  uint32_t read = 0;
-  for (bool first = true; read < buckets; first = false) {
-    uint32_t count = kBatch;
-    const int err = bpf_map_lookup_batch(fd, first ? nullptr : &out_batch, &out_batch, keys.data(),
-                                         values.data(), &count, nullptr);
-    if (err != 0 && errno != ENOENT) return -1;  // ENOENT: the last batch
-    for (size_t i = 0; i < static_cast<size_t>(count) * CW_OWNER_BUCKET_SLOTS; ++i) {
-      total += values[i] != 0 ? 1 : 0;
-    }
-    read += count;
-    if (err != 0 || count == 0) break;
+uint64_t Probe::trackedSockets() const {
+  // The programs claim and free keys meanwhile: each word is read once, whole.
+  uint64_t total = 0;
+  const size_t words = owner_keys_bytes_ / sizeof(uint64_t);
+  for (size_t i = 0; i < words; ++i) {
+    total += __atomic_load_n(&owner_keys_[i], __ATOMIC_RELAXED) != 0 ? 1 : 0;
   }
   return total;
 }
