@@ -58,6 +58,7 @@
 #include "probe.h"
 #include "report.h"
 #include "servers.h"
+#include "stats.h"
 #include "storm.h"
 #include "targets.h"
 
@@ -871,6 +872,9 @@ json summarize(const json& phases, const Options& o) {
     }
     s["ratio_per_round"] = paired;
     s["ratio_paired_median"] = median(paired);
+    const RatioInterval ci = pairedRatioInterval(paired);
+    s["ratio_paired_geomean"] = ci.geomean;
+    s["ratio_paired_ci95"] = {ci.lo, ci.hi};
     s["connections_agent_on"] = conns;
     s["events_read"] = read;
     s["events_per_connection"] = conns > 0 ? read / conns : 0;

@@ -1,5 +1,7 @@
 #include "report.h"
 
+#include "stats.h"
+
 #include <algorithm>
 #include <vector>
 #include <cmath>
@@ -11,9 +13,10 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-std::string fmt(const char* f, double v) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, f, v);
+template <typename... Args>
+std::string fmt(const char* f, Args... args) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, f, args...);
   return buf;
 }
 
@@ -49,7 +52,23 @@ json budgets(const json& result, int grace_ms) {
   json out = json::array();
   if (result.contains("summary")) {
     for (const auto& [path, s] : result["summary"].items()) {
-      budget(out, "agent-on rate / agent-off rate (" + path + ")", s["ratio"], 0.97, true, "ratio");
+      // Established only when the whole 95% interval of the same-round
+      // pairs is at or above the limit: one run's median can land on either
+      // side by noise alone.
+      const auto v = s["ratio_per_round"].get<std::vector<double>>();
+      const RatioInterval ci = pairedRatioInterval(v);
+      json b;
+      budget(b, "agent-on rate / agent-off rate (" + path + ")", ci.geomean, 0.97, true, "ratio",
+             fmt("same-round pairs' geometric mean, 95%% interval %.1f-%.1f%% over %zu rounds (%s); "
+                 "ratio of the medians %.1f%%",
+                 ci.lo * 100, ci.hi * 100, ci.n,
+                 ci.n < 2 ? "too few rounds to decide"
+                 : ci.lo >= 0.97 ? "established"
+                 : ci.hi < 0.97  ? "not met"
+                                 : "undecided: the interval straddles the limit",
+                 s["ratio"].get<double>() * 100));
+      b[0]["pass"] = ci.n >= 2 && ci.lo >= 0.97;
+      out.push_back(b[0]);
     }
     double lost = 0, missing = 0, mis = 0;
     for (const auto& [path, s] : result["summary"].items()) {
@@ -157,6 +176,14 @@ void printTable(const json& r, std::ostream& out) {
                     latency(s["latency_p50_s"]).c_str(), latency(s["latency_p99_s"]).c_str());
       out << line;
     }
+    out << "  on/off of the same round, geometric mean and its 95% interval:";
+    for (const auto& [path, s] : r["summary"].items()) {
+      if (!s.contains("ratio_per_round") || s["ratio_per_round"].empty()) continue;
+      const RatioInterval ci = pairedRatioInterval(s["ratio_per_round"].get<std::vector<double>>());
+      out << "  " << path << " " << fmt("%.1f%%", ci.geomean * 100)
+          << (ci.n >= 2 ? fmt(" [%.1f-%.1f%%]", ci.lo * 100, ci.hi * 100) : std::string(" [-]"));
+    }
+    out << "\n";
     out << "  on/off of the same round (median, min..max):";
     for (const auto& [path, s] : r["summary"].items()) {
       if (!s.contains("ratio_per_round") || s["ratio_per_round"].empty()) continue;

@@ -1,0 +1,70 @@
+// The bench's interval for a path's on/off ratio (bench/stats.h): what decides
+// whether the rate budget is established.
+#include "../../bench/stats.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+namespace cw::bench {
+namespace {
+
+TEST(BenchStatsTest, GeometricMeanAndStudentIntervalOfThreeRatios) {
+  // ln 0.9, ln 1.0, ln 1.1: mean -0.0033499, sample sd 0.100382, standard
+  // error 0.057956, t(2) 4.303.
+  const auto r = pairedRatioInterval({0.9, 1.0, 1.1});
+  EXPECT_EQ(r.n, 3u);
+  EXPECT_NEAR(r.geomean, std::exp(-0.0033499), 1e-6);
+  EXPECT_NEAR(r.lo, std::exp(-0.0033499 - 4.303 * 0.057956), 1e-4);
+  EXPECT_NEAR(r.hi, std::exp(-0.0033499 + 4.303 * 0.057956), 1e-4);
+}
+
+TEST(BenchStatsTest, ARatioAndItsInverseCancel) {
+  const auto r = pairedRatioInterval({0.8, 1.25});
+  EXPECT_NEAR(r.geomean, 1.0, 1e-12);
+  EXPECT_LT(r.lo, 1.0);
+  EXPECT_GT(r.hi, 1.0);
+  EXPECT_NEAR(r.lo * r.hi, 1.0, 1e-9);  // symmetric in the logarithm
+}
+
+TEST(BenchStatsTest, MoreRoundsOfTheSameSpreadNarrowTheInterval) {
+  std::vector<double> few{0.92, 1.02, 0.95, 1.0, 0.96};
+  std::vector<double> many;
+  for (int i = 0; i < 6; ++i) many.insert(many.end(), few.begin(), few.end());
+  const auto a = pairedRatioInterval(few);
+  const auto b = pairedRatioInterval(many);
+  EXPECT_NEAR(a.geomean, b.geomean, 1e-12);
+  EXPECT_LT(b.hi - b.lo, (a.hi - a.lo) / 2);
+  EXPECT_LT(a.lo, a.geomean);
+  EXPECT_GT(a.hi, a.geomean);
+}
+
+TEST(BenchStatsTest, IdenticalRatiosGiveAnIntervalOfNoWidth) {
+  const auto r = pairedRatioInterval({0.97, 0.97, 0.97, 0.97});
+  EXPECT_NEAR(r.geomean, 0.97, 1e-12);
+  EXPECT_NEAR(r.lo, 0.97, 1e-12);
+  EXPECT_NEAR(r.hi, 0.97, 1e-12);
+}
+
+TEST(BenchStatsTest, FewerThanTwoUsableRatiosGiveNoInterval) {
+  const auto none = pairedRatioInterval({});
+  EXPECT_EQ(none.n, 0u);
+  EXPECT_EQ(none.geomean, 0);
+  // A round whose rate was not measured (0) or is not a number is left out.
+  const auto one = pairedRatioInterval({0.95, 0.0, NAN});
+  EXPECT_EQ(one.n, 1u);
+  EXPECT_NEAR(one.geomean, 0.95, 1e-12);
+  EXPECT_EQ(one.lo, one.hi);
+}
+
+TEST(BenchStatsTest, StudentQuantilesFallTowardsTheNormalOne) {
+  EXPECT_NEAR(studentT975(1), 12.706, 1e-9);
+  EXPECT_NEAR(studentT975(10), 2.228, 1e-9);
+  EXPECT_NEAR(studentT975(30), 2.042, 1e-9);
+  EXPECT_GE(studentT975(45), 2.0);
+  EXPECT_GT(studentT975(200), 1.959);
+  for (size_t df = 1; df < 200; ++df) EXPECT_GE(studentT975(df), studentT975(df + 1)) << df;
+}
+
+}  // namespace
+}  // namespace cw::bench
