@@ -315,9 +315,23 @@ int Agent::pollOnce(int timeout_ms) {
 
 void Agent::syncCounters() {
   metrics_.syncKernel(probe_->counters());
-  // The owner table's keys, counted in its mapped memory (2 MiB by
-  // default, 0.15 ms).
-  metrics_.setTrackedSockets(probe_->trackedSockets(), options_.probe.max_tracked_sockets);
+  // The owner table's keys, counted in its memory every 10 s (0.4 ms with
+  // the default bound, 3.5 ms at a million). If it cannot be mapped, the
+  // gauges keep their last values, and that is logged at warn at most once
+  // a minute.
+  if (const auto now = std::chrono::steady_clock::now(); now >= next_tracked_read_) {
+    next_tracked_read_ = now + std::chrono::seconds(10);
+    if (const int64_t n = probe_->trackedSockets(); n >= 0) {
+      metrics_.setTrackedSockets(static_cast<uint64_t>(n), options_.probe.max_tracked_sockets);
+    } else if (now - last_tracked_warning_ >= std::chrono::minutes(1)) {
+      last_tracked_warning_ = now;
+      logging::Fields f;
+      f["error"] = std::strerror(errno);
+      logging::warn("cannot map the kernel's owner table to count its keys: "
+                    "capturewatch_tracked_sockets is not updated",
+                    f);
+    }
+  }
   metrics_.syncCorrelator(correlator_.stats());
   metrics_.addEventsRead(read_);
   if (malformed_ > 0) metrics_.addEventsDropped("malformed", malformed_);

@@ -107,6 +107,8 @@ class Agent {
   // One per watched netns that needed a remap lookup; dropped with its target.
   std::unordered_map<uint32_t, std::unique_ptr<ConntrackReader>> conntrack_readers_;
   std::chrono::steady_clock::time_point last_remap_warning_{};
+  std::chrono::steady_clock::time_point next_tracked_read_{};
+  std::chrono::steady_clock::time_point last_tracked_warning_{};
   uint64_t malformed_ = 0;
   uint64_t read_ = 0;
   uint64_t lost_accepts_seen_ = 0;

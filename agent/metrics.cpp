@@ -58,7 +58,8 @@ Metrics::Metrics()
                              "Pods (network namespaces) watched on this node.", *registry_)
                            .Add({})),
       tracked_sockets_(gauge("capturewatch_tracked_sockets",
-                             "App sockets of watched pods the kernel's owner table tracks now.",
+                             "App sockets of watched pods the kernel's owner table tracks now "
+                             "(read every 10 s).",
                              *registry_)
                            .Add({})),
       tracked_sockets_limit_(gauge("capturewatch_tracked_sockets_limit",

@@ -119,14 +119,7 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
         "cannot attach to the tracepoints sock/inet_sock_set_state and tcp/tcp_receive_reset: " +
         std::string(strerror(-err)) + privilegeHint(-err) + "\n" + log.text());
   }
-  // The owner table's keys, read-only, for trackedSockets().
-  const size_t keys_bytes = static_cast<size_t>(owner_buckets) * sizeof(uint64_t) * CW_OWNER_BUCKET_SLOTS;
-  void* keys = ::mmap(nullptr, keys_bytes, PROT_READ, MAP_SHARED, bpf_map__fd(probe->skel_->maps.owner_keys), 0);
-  if (keys == MAP_FAILED) {
-    throw ProbeError("cannot map the owner table (owner_keys) for reading: " + std::string(strerror(errno)));
-  }
-  probe->owner_keys_ = static_cast<const uint64_t*>(keys);
-  probe->owner_keys_bytes_ = keys_bytes;
+  probe->owner_keys_bytes_ = static_cast<size_t>(owner_buckets) * sizeof(uint64_t) * CW_OWNER_BUCKET_SLOTS;
   if (options.read_budget == 0) throw ProbeError("the ring buffer read budget must be at least 1");
   probe->read_budget_ = options.read_budget;
   probe->ring_share_ = std::max<uint32_t>(1, options.read_budget / static_cast<uint32_t>(ncpu));
@@ -172,7 +165,6 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
 }
 
 Probe::~Probe() {
-  if (owner_keys_ != nullptr) ::munmap(const_cast<uint64_t*>(owner_keys_), owner_keys_bytes_);
   for (auto& r : readers_) ring_buffer__free(r->rb);
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
   if (skel_ != nullptr) capture_bpf::destroy(skel_);
@@ -314,12 +306,23 @@ uint64_t Probe::runsSkipped() const {
   return total;
 }
 
-uint64_t Probe::trackedSockets() const {
-  // The programs claim and free keys meanwhile: each word is read once, whole.
-  uint64_t total = 0;
-  const size_t words = owner_keys_bytes_ / sizeof(uint64_t);
-  for (size_t i = 0; i < words; ++i) {
-    total += __atomic_load_n(&owner_keys_[i], __ATOMIC_RELAXED) != 0 ? 1 : 0;
+int64_t Probe::trackedSockets() const {
+  // The table is mapped read-only a window at a time: mapped whole, it would
+  // add its size (2 MiB with the default bound, 16 MiB at a million) to the
+  // agent's resident memory. The programs claim and free keys meanwhile:
+  // each word is read once, whole.
+  constexpr size_t kWindow = 256 * 1024;  // a multiple of the page size
+  const int fd = bpf_map__fd(skel_->maps.owner_keys);
+  int64_t total = 0;
+  for (size_t offset = 0; offset < owner_keys_bytes_; offset += kWindow) {
+    const size_t len = std::min(kWindow, owner_keys_bytes_ - offset);
+    void* window = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, static_cast<off_t>(offset));
+    if (window == MAP_FAILED) return -1;
+    const auto* keys = static_cast<const uint64_t*>(window);
+    for (size_t i = 0; i < len / sizeof(uint64_t); ++i) {
+      total += __atomic_load_n(&keys[i], __ATOMIC_RELAXED) != 0 ? 1 : 0;
+    }
+    ::munmap(window, len);
   }
   return total;
 }

@@ -112,9 +112,10 @@ class Probe {
   ProbeCounters counters() const;
 
   // The app sockets the kernel's owner table tracks now (its keys in use),
-  // counted in the table's memory, mapped read-only (2 MiB with the default
-  // bound: well under a millisecond).
-  uint64_t trackedSockets() const;
+  // counted in the table's memory, mapped read-only a window at a time (2
+  // MiB with the default bound: well under a millisecond). -1 if it cannot
+  // be mapped (errno says why).
+  int64_t trackedSockets() const;
 
  private:
   uint64_t sumCounter(uint32_t idx) const;  // a per-CPU counter, summed
@@ -139,8 +140,7 @@ class Probe {
   static constexpr uint32_t kHeldRounds = 4;
 
   capture_bpf* skel_ = nullptr;
-  const uint64_t* owner_keys_ = nullptr;  // the owner table's keys, mapped read-only
-  size_t owner_keys_bytes_ = 0;
+  size_t owner_keys_bytes_ = 0;  // the owner table's keys (owner_keys' data)
   std::vector<int> ring_fds_;  // one ring buffer map per possible CPU
   std::vector<std::unique_ptr<RingReader>> readers_;  // the same order
   int epoll_fd_ = -1;
