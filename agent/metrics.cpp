@@ -163,16 +163,12 @@ prometheus::Counter& Metrics::connectionCounter(const PodLabels& pod, Verdict ve
   return *it->second;
 }
 
-void Metrics::addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason) {
-  connectionCounter(pod, verdict, reason).Increment();
-}
-
-void Metrics::addBypassRejected(const PodLabels& pod) {
+prometheus::Counter& Metrics::bypassRejectedCounter(const PodLabels& pod) {
   auto it = rejected_cache_.find(pod);
   if (it == rejected_cache_.end()) {
     it = rejected_cache_.emplace(pod, &bypass_rejected_.Add(podLabels(bounded(pod)))).first;
   }
-  it->second->Increment();
+  return *it->second;
 }
 
 void Metrics::setPodWithoutSidecar(const PodLabels& pod, bool without) {

@@ -39,12 +39,12 @@ class Metrics {
 
   std::shared_ptr<prometheus::Registry> registry() const { return registry_; }
 
-  void addConnection(const PodLabels& pod, Verdict verdict, const std::string& reason);
-  // The counter addConnection(pod, verdict, reason) increments, for a caller
-  // that keeps it (valid as long as this Metrics).
+  // The series of capturewatch_connections_total for (pod, verdict,
+  // reason), and of capturewatch_bypass_rejected_total for a pod, created
+  // at first use: the caller keeps them until removePod(pod).
   prometheus::Counter& connectionCounter(const PodLabels& pod, Verdict verdict,
                                          const std::string& reason);
-  void addBypassRejected(const PodLabels& pod);
+  prometheus::Counter& bypassRejectedCounter(const PodLabels& pod);
   void setPodWithoutSidecar(const PodLabels& pod, bool without);
   // Removes every series of a pod that is gone.
   void removePod(const PodLabels& pod);

@@ -151,6 +151,16 @@ Reporter::TargetHot& Reporter::hot(uint32_t netns) {
   return it->second;
 }
 
+prometheus::Counter& Reporter::bypassedCounter(TargetHot& target, const std::string& reason) {
+  for (const auto& [r, counter] : target.bypassed) {
+    if (r == reason) return *counter;
+  }
+  // Reasons are a fixed few (reasonLabel): the list stays short.
+  auto* counter = &metrics_->connectionCounter(*target.pod, Verdict::Bypassed, reason);
+  target.bypassed.emplace_back(reason, counter);
+  return *counter;
+}
+
 void Reporter::report(const Decision& decision, const Why& why) {
   const Connection& conn = decision.conn;
   TargetHot& target = hot(conn.netns);
@@ -163,7 +173,7 @@ void Reporter::report(const Decision& decision, const Why& why) {
     tally.by_verdict[static_cast<size_t>(conn.verdict)]++;
     if (metrics_ != nullptr) {
       if (bypassed) {
-        metrics_->addConnection(pod, conn.verdict, why.reason);
+        bypassedCounter(target, why.reason).Increment();
       } else {
         target.counters[static_cast<size_t>(conn.verdict)]->Increment();
       }
@@ -195,11 +205,19 @@ void Reporter::report(const Decision& decision, const Why& why) {
       gap->count++;
       gap->last_seen_ns = conn.decided_ns;
     }
-    if (conn.outcome != Outcome::Open) gap->outcomes[std::string(toString(conn.outcome))]++;
+    if (conn.outcome != Outcome::Open) {
+      const std::string_view name = toString(conn.outcome);
+      auto o = gap->outcomes.find(name);
+      if (o == gap->outcomes.end()) o = gap->outcomes.emplace(std::string(name), 0).first;
+      ++o->second;
+    }
   }
   if (rejected) {
     tally.rejected++;
-    if (metrics_ != nullptr) metrics_->addBypassRejected(pod);
+    if (metrics_ != nullptr) {
+      if (target.rejected == nullptr) target.rejected = &metrics_->bypassRejectedCounter(pod);
+      target.rejected->Increment();
+    }
   }
   // The first occurrence of a gap, and its first rejection, at warn;
   // repeats at debug, counted in the summary.

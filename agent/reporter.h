@@ -43,7 +43,7 @@ struct Gap {
   std::string dst;
   Why why;
   uint64_t count = 0;
-  std::map<std::string, uint64_t> outcomes;  // outcome name -> connections
+  std::map<std::string, uint64_t, std::less<>> outcomes;  // outcome name -> connections
   uint64_t first_seen_ns = 0;                // CLOCK_MONOTONIC
   uint64_t last_seen_ns = 0;
   bool rejection_logged = false;  // the first rejection was logged at warn
@@ -99,11 +99,16 @@ class Reporter {
   // report() would otherwise look the pod up by its labels twice per verdict
   // (the tally, the counter), comparing strings. Cleared when the targets
   // change, like gap_index_.
+  // What a target's verdicts update, looked up once per target (until the
+  // targets change) instead of by its labels for every verdict.
   struct TargetHot {
     const PodLabels* pod = nullptr;
     PodTally* tally = nullptr;
-    std::array<prometheus::Counter*, std::size(kAllVerdicts)> counters{};
+    std::array<prometheus::Counter*, std::size(kAllVerdicts)> counters{};  // but bypassed
+    std::vector<std::pair<std::string, prometheus::Counter*>> bypassed;     // by reason (a few)
+    prometheus::Counter* rejected = nullptr;                                // once needed
   };
+  prometheus::Counter& bypassedCounter(TargetHot& target, const std::string& reason);
   TargetHot& hot(uint32_t netns);
   absl::flat_hash_map<uint32_t, TargetHot> hot_;
 };

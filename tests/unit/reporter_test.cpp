@@ -90,19 +90,26 @@ TEST(ReporterTest, TwoNetnsOfOnePodShareItsGap) {
   EXPECT_EQ(gaps[0].count, 3u);
 }
 
-// capturewatch_connections_total of one pod and verdict (reason "").
-double connections(const Metrics& m, const std::string& pod, const std::string& verdict) {
+// A counter of `family` for one pod (and verdict and reason, where the
+// family has them; reason "" for every verdict but bypassed).
+double podCounter(const Metrics& m, const std::string& family_name, const std::string& pod,
+                  const std::string& verdict = "", const std::string& reason = "") {
   for (const auto& family : m.registry()->Collect()) {
-    if (family.name != "capturewatch_connections_total") continue;
+    if (family.name != family_name) continue;
     for (const auto& metric : family.metric) {
       std::map<std::string, std::string> labels;
       for (const auto& l : metric.label) labels[l.name] = l.value;
-      if (labels["pod"] == pod && labels["verdict"] == verdict && labels["reason"].empty()) {
+      if (labels["pod"] == pod && labels["verdict"] == verdict && labels["reason"] == reason) {
         return metric.counter.value;
       }
     }
   }
   return 0;
+}
+
+double connections(const Metrics& m, const std::string& pod, const std::string& verdict,
+                   const std::string& reason = "") {
+  return podCounter(m, "capturewatch_connections_total", pod, verdict, reason);
 }
 
 TEST(ReporterTest, VerdictsCountForThePodTheirNetnsIsNow) {
@@ -137,6 +144,34 @@ TEST(ReporterTest, VerdictsCountForThePodTheirNetnsIsNow) {
   EXPECT_EQ(r.tallies().at(PodLabels{"shop", "gateway-3", "gateway"}).count(Verdict::Captured), 1u);
   // gateway-1's tally went with its target.
   EXPECT_EQ(r.tallies().count(PodLabels{"shop", "gateway-1", "gateway"}), 0u);
+}
+
+TEST(ReporterTest, BypassedVerdictsCountByReasonAndRejectionForThePodTheirNetnsIsNow) {
+  // The counters of each reason and the rejection counter are kept per
+  // target too, and follow a netns that becomes another pod.
+  Metrics m;
+  Reporter r(&m);
+  r.addTarget(7, PodLabels{"shop", "gateway-1", "gateway"});
+  r.report(bypassed(7, "198.19.0.1", 80, 100), why("owner-uid"));
+  r.report(bypassed(7, "198.19.0.1", 80, 110, Outcome::Reset), why("owner-uid"));
+  r.report(bypassed(7, "198.19.0.2", 80, 120, Outcome::Data), why("excluded-port"));
+  r.report(bypassed(7, "198.19.0.1", 80, 130, Outcome::PeerClosed), why("owner-uid"));
+  r.removeTarget(7);
+  r.addTarget(7, PodLabels{"shop", "gateway-2", "gateway"});
+  r.report(bypassed(7, "198.19.0.2", 80, 200, Outcome::Reset), why("excluded-port"));
+  r.report(bypassed(7, "198.19.0.1", 80, 210), why("owner-uid"));
+
+  EXPECT_EQ(connections(m, "gateway-1", "bypassed", "owner-uid"), 3);
+  EXPECT_EQ(connections(m, "gateway-1", "bypassed", "excluded-port"), 1);
+  EXPECT_EQ(podCounter(m, "capturewatch_bypass_rejected_total", "gateway-1"), 2);
+  EXPECT_EQ(connections(m, "gateway-2", "bypassed", "owner-uid"), 1);
+  EXPECT_EQ(connections(m, "gateway-2", "bypassed", "excluded-port"), 1);
+  EXPECT_EQ(podCounter(m, "capturewatch_bypass_rejected_total", "gateway-2"), 1);
+  // Each gap tallies its connections' outcomes by name.
+  const auto gaps = r.gaps();
+  const Gap* g = find(gaps, "gateway-1", "198.19.0.1:80", "owner-uid");
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(g->outcomes, (std::map<std::string, uint64_t, std::less<>>{{"peer-closed", 1}, {"reset", 1}}));
 }
 
 TEST(ReporterTest, GapsBeyondTheBoundAreCountedAsDropped) {
