@@ -509,7 +509,10 @@ static __always_inline void record_owner(const struct sock *sk)
 	o->uid = (__u32)uid_gid;
 	o->gid = uid_gid >> 32;
 	o->netns = netns;
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	/* Loaded straight from the task (a BTF pointer), not copied with
+	 * bpf_get_current_comm's string copy. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	__builtin_memcpy(o->comm, task->comm, CW_COMM_LEN);
 	o->flags = proxy ? CW_F_PROXY_OWNER : 0;
 }
 
@@ -574,8 +577,8 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 			o->flags |= CW_F_PEER_FIN;
 		/* bytes_received counts the peer's FIN as one byte: a peer
 		 * that closed without a reply byte is not "data". */
-		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-		__u64 rx = BPF_CORE_READ(tp, data_segs_in) ? BPF_CORE_READ(tp, bytes_received) : 0;
+		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+		__u64 rx = tp && tp->data_segs_in ? tp->bytes_received : 0;
 		emit(sk, CW_EV_ACTIVE_CLOSED, o->netns, o, rx);
 		free_owner(slot);
 	}
