@@ -16,7 +16,6 @@
  * established and at its close. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
 #include "capture.h"
@@ -177,8 +176,8 @@ static __always_inline void fill_addrs(struct cw_event *e, const struct sock *sk
 		__builtin_memcpy(e->saddr, &s4, 4);
 		__builtin_memcpy(e->daddr, &d4, 4);
 	} else {
-		bpf_core_read(e->saddr, CW_ADDR_LEN, &sk->__sk_common.skc_v6_rcv_saddr);
-		bpf_core_read(e->daddr, CW_ADDR_LEN, &sk->__sk_common.skc_v6_daddr);
+		__builtin_memcpy(e->saddr, &sk->__sk_common.skc_v6_rcv_saddr, CW_ADDR_LEN);
+		__builtin_memcpy(e->daddr, &sk->__sk_common.skc_v6_daddr, CW_ADDR_LEN);
 	}
 	e->sport = sk->__sk_common.skc_num;
 	e->dport = bpf_ntohs(sk->__sk_common.skc_dport);
@@ -430,9 +429,9 @@ static __always_inline void end_of(const struct sock *sk, bool local, __u64 addr
 		addr[0] = 0;
 		addr[1] = ((__u64)a4 << 32) | bpf_htonl(0xffff);
 	} else if (local) {
-		bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+		__builtin_memcpy(addr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
 	} else {
-		bpf_core_read(addr, 16, &sk->__sk_common.skc_v6_daddr);
+		__builtin_memcpy(addr, &sk->__sk_common.skc_v6_daddr, 16);
 	}
 }
 
