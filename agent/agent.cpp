@@ -327,9 +327,10 @@ void Agent::syncCounters() {
       last_tracked_warning_ = now;
       logging::Fields f;
       f["error"] = std::strerror(errno);
-      logging::warn("cannot map the kernel's owner table to count its keys: "
-                    "capturewatch_tracked_sockets is not updated",
-                    f);
+      logging::warn(
+          "cannot map the kernel's owner table to count its keys: "
+          "capturewatch_tracked_sockets is not updated",
+          f);
     }
   }
   metrics_.syncCorrelator(correlator_.stats());

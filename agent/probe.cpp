@@ -119,7 +119,8 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
         "cannot attach to the tracepoints sock/inet_sock_set_state and tcp/tcp_receive_reset: " +
         std::string(strerror(-err)) + privilegeHint(-err) + "\n" + log.text());
   }
-  probe->owner_keys_bytes_ = static_cast<size_t>(owner_buckets) * sizeof(uint64_t) * CW_OWNER_BUCKET_SLOTS;
+  probe->owner_keys_bytes_ =
+      static_cast<size_t>(owner_buckets) * sizeof(uint64_t) * CW_OWNER_BUCKET_SLOTS;
   if (options.read_budget == 0) throw ProbeError("the ring buffer read budget must be at least 1");
   probe->read_budget_ = options.read_budget;
   probe->ring_share_ = std::max<uint32_t>(1, options.read_budget / static_cast<uint32_t>(ncpu));

@@ -105,8 +105,8 @@ class Reporter {
     const PodLabels* pod = nullptr;
     PodTally* tally = nullptr;
     std::array<prometheus::Counter*, std::size(kAllVerdicts)> counters{};  // but bypassed
-    std::vector<std::pair<std::string, prometheus::Counter*>> bypassed;     // by reason (a few)
-    prometheus::Counter* rejected = nullptr;                                // once needed
+    std::vector<std::pair<std::string, prometheus::Counter*>> bypassed;    // by reason (a few)
+    prometheus::Counter* rejected = nullptr;                               // once needed
   };
   prometheus::Counter& bypassedCounter(TargetHot& target, const std::string& reason);
   TargetHot& hot(uint32_t netns);

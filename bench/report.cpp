@@ -58,15 +58,16 @@ json budgets(const json& result, int grace_ms) {
       const auto v = s["ratio_per_round"].get<std::vector<double>>();
       const RatioInterval ci = pairedRatioInterval(v);
       json b;
-      budget(b, "agent-on rate / agent-off rate (" + path + ")", ci.geomean, 0.97, true, "ratio",
-             fmt("same-round pairs' geometric mean, 95%% interval %.1f-%.1f%% over %zu rounds (%s); "
-                 "ratio of the medians %.1f%%",
-                 ci.lo * 100, ci.hi * 100, ci.n,
-                 ci.n < 2 ? "too few rounds to decide"
-                 : ci.lo >= 0.97 ? "established"
-                 : ci.hi < 0.97  ? "not met"
-                                 : "undecided: the interval straddles the limit",
-                 s["ratio"].get<double>() * 100));
+      budget(
+          b, "agent-on rate / agent-off rate (" + path + ")", ci.geomean, 0.97, true, "ratio",
+          fmt("same-round pairs' geometric mean, 95%% interval %.1f-%.1f%% over %zu rounds (%s); "
+              "ratio of the medians %.1f%%",
+              ci.lo * 100, ci.hi * 100, ci.n,
+              ci.n < 2        ? "too few rounds to decide"
+              : ci.lo >= 0.97 ? "established"
+              : ci.hi < 0.97  ? "not met"
+                              : "undecided: the interval straddles the limit",
+              s["ratio"].get<double>() * 100));
       b[0]["pass"] = ci.n >= 2 && ci.lo >= 0.97;
       out.push_back(b[0]);
     }

@@ -171,7 +171,8 @@ TEST(ReporterTest, BypassedVerdictsCountByReasonAndRejectionForThePodTheirNetnsI
   const auto gaps = r.gaps();
   const Gap* g = find(gaps, "gateway-1", "198.19.0.1:80", "owner-uid");
   ASSERT_NE(g, nullptr);
-  EXPECT_EQ(g->outcomes, (std::map<std::string, uint64_t, std::less<>>{{"peer-closed", 1}, {"reset", 1}}));
+  EXPECT_EQ(g->outcomes,
+            (std::map<std::string, uint64_t, std::less<>>{{"peer-closed", 1}, {"reset", 1}}));
 }
 
 TEST(ReporterTest, GapsBeyondTheBoundAreCountedAsDropped) {
