@@ -95,12 +95,10 @@ class Reporter {
   };
   absl::flat_hash_map<GapDst, std::vector<std::pair<std::string, Gap*>>, GapDstHash> gap_index_;
   // What a verdict of a watched netns needs, found once: its pod, its tally
-  // and the counters of its verdicts without a reason (all but bypassed).
-  // report() would otherwise look the pod up by its labels twice per verdict
-  // (the tally, the counter), comparing strings. Cleared when the targets
+  // and its counters (bypassed ones by reason, found as they come, and the
+  // rejection counter). report() would otherwise look them up by the pod's
+  // labels for every verdict, comparing strings. Cleared when the targets
   // change, like gap_index_.
-  // What a target's verdicts update, looked up once per target (until the
-  // targets change) instead of by its labels for every verdict.
   struct TargetHot {
     const PodLabels* pod = nullptr;
     PodTally* tally = nullptr;

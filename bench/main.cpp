@@ -875,6 +875,7 @@ json summarize(const json& phases, const Options& o) {
     const RatioInterval ci = pairedRatioInterval(paired);
     s["ratio_paired_geomean"] = ci.geomean;
     s["ratio_paired_ci95"] = {ci.lo, ci.hi};
+    s["ratio_paired_rounds"] = ci.n;
     s["connections_agent_on"] = conns;
     s["events_read"] = read;
     s["events_per_connection"] = conns > 0 ? read / conns : 0;
