@@ -83,6 +83,10 @@ class Probe {
   bool addProxyCgroup(uint64_t cgroup_id);
   void removeProxyCgroup(uint64_t cgroup_id);
 
+  // Buckets of the owner table's hot area at most (capture.bpf.c): 4,096
+  // sockets, 32 KiB of keys and 192 KiB of entries.
+  static constexpr uint64_t kHotOwnerBuckets = 512;
+
   // How long after its timestamp a record is surely in its ring: between the
   // timestamp and the submit the program runs with preemption off, taking
   // well under a microsecond (more if an interrupt or the hypervisor steals

@@ -48,8 +48,9 @@ struct owner {
  * free-list lock with interrupts off, and cost 220-290 ns together on the
  * bench machine, its lookup 37 ns; these arrays, 31 and 13 ns (README
  * Performance). A socket's entry is in one of two buckets of
- * CW_OWNER_BUCKET_SLOTS keys (a cache line each), chosen by a hash of its
- * address (buckets_of): a key is claimed with a compare-and-swap and freed by
+ * CW_OWNER_BUCKET_SLOTS keys (a cache line each) of the table's hot area, or
+ * if both are full of its overflow area (owner_buckets, below), chosen by a
+ * hash of its address (buckets_in): a key is claimed with a compare-and-swap and freed by
  * storing 0, so no lock is taken. The agent sizes the table at twice
  * --max-tracked-sockets slots: a socket whose two buckets are both full is
  * not tracked and is counted (the connection is then counted as lost),
@@ -78,8 +79,25 @@ struct {
 	__type(value, struct owner);
 } owners SEC(".maps");
 
-/* Set between open and load: the number of buckets of owner_keys. */
+/* Set between open and load: the number of buckets of owner_keys, and how
+ * many of them, at its start, are its hot area (0 in a table too small to
+ * split). A new key goes to the hot area while its two buckets there have
+ * room, else to the rest of the table (the overflow area). The hot area is
+ * small (32 KiB of keys and 192 KiB of entries at most), so the few hundred
+ * sockets a connection storm holds at any time stay within a few pages that
+ * the CPU keeps cached and mapped; spread over the whole table (the default
+ * bound's is 2 MiB of keys and 12 MiB of entries), every connection's
+ * lookups were cache and TLB misses, about 0.5 us per connection (README
+ * Performance). */
 const volatile __u32 owner_buckets = 1;
+const volatile __u32 hot_buckets = 0;
+
+/* Keys in use in the overflow area: lookups skip that area while it holds
+ * none, so a socket that was never tracked (a server's, another pod's) costs
+ * no miss there at its close. Raised before a key is claimed there and
+ * lowered after one is freed, so a lookup that could find the key sees it
+ * non-zero. */
+__s64 overflow_keys = 0;
 
 /* Filled by the agent: netns inode -> target. */
 struct {
@@ -206,21 +224,28 @@ static __always_inline __u64 sk_key(const struct sock *sk, __u32 program)
 	return *(volatile __u64 *)v;
 }
 
-/* The two buckets of owner_keys a socket's entry may be in: the halves of a
- * 64-bit mix of its address (MurmurHash3's finalizer), each scaled to
- * [0, owner_buckets). Socket addresses come in runs a slab object apart; a
- * plain multiplicative hash of them filled some buckets early (2.5% of a
- * million such addresses found both of theirs full at half load, against
- * none with this mix and the placement of claim_owner). */
-static __always_inline void buckets_of(__u64 key, __u32 b[2])
+/* A socket's address mixed into 64 well-spread bits (MurmurHash3's
+ * finalizer). Socket addresses come in runs a slab object apart; a plain
+ * multiplicative hash of them filled some buckets early (2.5% of a million
+ * such addresses found both of theirs full at half load, against none with
+ * this mix and the placement of claim_in_area). */
+static __always_inline __u64 mix(__u64 key)
 {
 	key ^= key >> 33;
 	key *= 0xff51afd7ed558ccdULL;
 	key ^= key >> 33;
 	key *= 0xc4ceb9fe1a85ec53ULL;
 	key ^= key >> 33;
-	b[0] = (__u32)(((key >> 32) * owner_buckets) >> 32);
-	b[1] = (__u32)(((key & 0xffffffffULL) * owner_buckets) >> 32);
+	return key;
+}
+
+/* The two buckets a socket's entry may be in within the area of `n` buckets
+ * that starts at bucket `first`: the halves of its mix, each scaled to
+ * [0, n). */
+static __always_inline void buckets_in(__u64 h, __u32 first, __u32 n, __u32 b[2])
+{
+	b[0] = first + (__u32)(((h >> 32) * n) >> 32);
+	b[1] = first + (__u32)(((h & 0xffffffffULL) * n) >> 32);
 }
 
 /* A key of owner_keys is the socket's address (8-byte aligned) with tag bits
@@ -231,18 +256,18 @@ static __always_inline void buckets_of(__u64 key, __u32 b[2])
 #define CW_KEY_QUIET 1ULL
 #define CW_KEY_TAGS 7ULL
 
-/* The owner entry of the socket at `key`, or NULL; *slot is set to its index
- * in owners (the same index of the key in owner_keys' buckets) and *tags to
- * its key's tag bits. */
-static __always_inline struct owner *find_owner(__u64 key, __u32 *slot, __u64 *tags)
+/* The owner entry of the socket at `key` in the area of `n` buckets from
+ * bucket `first` (h: mix(key)), or NULL; *slot is set to its index in owners
+ * (the same index of the key in owner_keys' buckets) and *tags to its key's
+ * tag bits. */
+static __always_inline struct owner *find_in_area(__u64 key, __u64 h, __u32 first, __u32 n,
+						  __u32 *slot, __u64 *tags)
 {
-	if (key == 0)
-		return NULL;
 	__u32 b[2];
-	buckets_of(key, b);
+	buckets_in(h, first, n, b);
 #pragma unroll
-	for (int h = 0; h < 2; h++) {
-		struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b[h]);
+	for (int j = 0; j < 2; j++) {
+		struct owner_bucket *keys = bpf_map_lookup_elem(&owner_keys, &b[j]);
 		if (!keys)
 			return NULL;
 #pragma unroll
@@ -250,12 +275,25 @@ static __always_inline struct owner *find_owner(__u64 key, __u32 *slot, __u64 *t
 			__u64 k = keys->sk[i];
 			if ((k & ~CW_KEY_TAGS) != key)
 				continue;
-			*slot = b[h] * CW_OWNER_BUCKET_SLOTS + i;
+			*slot = b[j] * CW_OWNER_BUCKET_SLOTS + i;
 			*tags = k & CW_KEY_TAGS;
 			return bpf_map_lookup_elem(&owners, slot);
 		}
 	}
 	return NULL;
+}
+
+/* The owner entry of the socket at `key`, or NULL (see find_in_area): in the
+ * hot area, else in the overflow area if that holds any key. */
+static __always_inline struct owner *find_owner(__u64 key, __u32 *slot, __u64 *tags)
+{
+	if (key == 0)
+		return NULL;
+	__u64 h = mix(key);
+	struct owner *o = hot_buckets ? find_in_area(key, h, 0, hot_buckets, slot, tags) : NULL;
+	if (o || *(volatile __s64 *)&overflow_keys == 0)
+		return o;
+	return find_in_area(key, h, hot_buckets, owner_buckets - hot_buckets, slot, tags);
 }
 
 /* The key of the entry at `slot` in owners (NULL only for a slot out of range). */
@@ -280,8 +318,11 @@ static __always_inline void quiet_owner(__u32 slot, __u64 key)
 static __always_inline void free_owner(__u32 slot)
 {
 	__u64 *k = owner_key(slot);
-	if (k)
-		*k = 0;
+	if (!k)
+		return;
+	*k = 0;
+	if (slot >= hot_buckets * CW_OWNER_BUCKET_SLOTS)
+		__sync_fetch_and_sub(&overflow_keys, 1);
 }
 
 /* 1 if a bucket's key is in use, else 0, without a branch: a branch per key
@@ -335,19 +376,19 @@ static __always_inline struct owner *existing_in(struct owner_bucket *keys, __u3
 	return NULL;
 }
 
-/* The entry of the socket at `key`: the one it has (a socket connected again
- * after a failed connect, or one whose close was not seen, keeps it), or a
- * key claimed in its first bucket while that has room to spare, else in the
+/* The entry of the socket at `key` in the area of `n` buckets from bucket
+ * `first` (h: mix(key)): the one it has there (a socket connected again after
+ * a failed connect, or one whose close was not seen, keeps it), or a key
+ * claimed in its first bucket while that has room to spare, else in the
  * emptier of its two buckets (then in the other, if a concurrent claim took
  * the last free key). NULL when both are full. A stale entry in the second
  * bucket of a socket that now finds room in its first stays until its
  * address is tracked again with a fuller first bucket. */
-static __always_inline struct owner *claim_owner(__u64 key, __u64 tags)
+static __always_inline struct owner *claim_in_area(__u64 key, __u64 tags, __u64 h, __u32 first,
+						   __u32 n)
 {
-	if (key == 0)
-		return NULL;
 	__u32 b[2];
-	buckets_of(key, b);
+	buckets_in(h, first, n, b);
 	struct owner_bucket *k0 = bpf_map_lookup_elem(&owner_keys, &b[0]);
 	if (!k0)
 		return NULL;
@@ -373,6 +414,39 @@ static __always_inline struct owner *claim_owner(__u64 key, __u64 tags)
 	}
 	o = claim_in(k0, b[0], key | tags);
 	return o ? o : claim_in(k1, b[1], key | tags);
+}
+
+/* The entry of the socket at `key`, its key tagged `tags`: one it already
+ * has in the overflow area, else one in the hot area (claim_in_area), else
+ * one in the overflow area; NULL when its buckets in both are full. */
+static __always_inline struct owner *claim_owner(__u64 key, __u64 tags)
+{
+	if (key == 0)
+		return NULL;
+	__u64 h = mix(key);
+	const __u32 overflow_buckets = owner_buckets - hot_buckets;
+	struct owner *o;
+	if (*(volatile __s64 *)&overflow_keys != 0) {
+		__u32 slot;
+		__u64 old_tags;
+		o = find_in_area(key, h, hot_buckets, overflow_buckets, &slot, &old_tags);
+		if (o) {
+			__u64 *k = owner_key(slot);
+			if (k)
+				*k = key | tags; /* not the earlier connection's */
+			return o;
+		}
+	}
+	if (hot_buckets) {
+		o = claim_in_area(key, tags, h, 0, hot_buckets);
+		if (o)
+			return o;
+	}
+	__sync_fetch_and_add(&overflow_keys, 1);
+	o = claim_in_area(key, tags, h, hot_buckets, overflow_buckets);
+	if (!o)
+		__sync_fetch_and_sub(&overflow_keys, 1);
+	return o;
 }
 
 /* Reserve, fill and submit one record in this CPU's ring; a failed reserve

@@ -255,7 +255,7 @@ int agentProgramsLoaded(std::chrono::milliseconds settle) {
   }
 }
 
-long bpfOwnerEntries() {
+long bpfOwnerEntries(uint32_t first_bucket) {
   long total = 0;
   bool found = false;
   uint32_t id = 0;
@@ -268,10 +268,31 @@ long bpfOwnerEntries() {
         info.value_size == CW_OWNER_BUCKET_SLOTS * sizeof(uint64_t)) {
       found = true;
       uint64_t keys[CW_OWNER_BUCKET_SLOTS];
-      for (uint32_t b = 0; b < info.max_entries; ++b) {
+      for (uint32_t b = first_bucket; b < info.max_entries; ++b) {
         if (bpf_map_lookup_elem(fd, &b, keys) != 0) continue;
         total += std::count_if(std::begin(keys), std::end(keys), [](uint64_t k) { return k != 0; });
       }
+    }
+    ::close(fd);
+  }
+  return found ? total : -1;
+}
+
+long bpfOverflowKeysCounter() {
+  long total = 0;
+  bool found = false;
+  uint32_t id = 0;
+  while (bpf_map_get_next_id(id, &id) == 0) {
+    int fd = bpf_map_get_fd_by_id(id);
+    if (fd < 0) continue;
+    bpf_map_info info{};
+    uint32_t len = sizeof info;
+    int64_t value = 0;
+    const uint32_t zero = 0;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::string("capture_.bss") == info.name &&
+        info.value_size == sizeof value && bpf_map_lookup_elem(fd, &zero, &value) == 0) {
+      found = true;
+      total += value;
     }
     ::close(fd);
   }

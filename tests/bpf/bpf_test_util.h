@@ -107,8 +107,14 @@ std::vector<std::string> loadedBpfProgramNames();
 int agentProgramsLoaded(std::chrono::milliseconds settle = std::chrono::seconds(3));
 
 // Sockets the kernel's owner tables track now: the keys in use (not 0) of
-// every bucket of each loaded owner_keys map (capture.bpf.c); -1 if there is
-// none (a count of 0 could then not show a leak).
-long bpfOwnerEntries();
+// every bucket from first_bucket on of each loaded owner_keys map
+// (capture.bpf.c); -1 if there is none (a count of 0 could then not show a
+// leak).
+long bpfOwnerEntries(uint32_t first_bucket = 0);
+
+// The programs' count of keys in use in the owner table's overflow area
+// (overflow_keys, the only variable of capture.bpf.c's .bss), summed over
+// the loaded agents; -1 if none is loaded.
+long bpfOverflowKeysCounter();
 
 }  // namespace cw::testutil

@@ -428,8 +428,10 @@ TEST_F(ProbeTest, AFullOwnerMapCountsTheConnectionsItCannotTrack) {
 
 // Up to the bound, every socket is tracked: 1,024 held open at once with
 // max_tracked_sockets 1,024 (256 buckets of 8 keys, each socket in one of its
-// two) are all reported, none counted as not fitting, and closing them frees
-// every key.
+// two: in the hot area, the first 64 buckets, while those have room, then in
+// the overflow area) are all reported, none counted as not fitting, and
+// closing them frees every key and brings the overflow area's count back to
+// 0 (lookups skip that area again).
 TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
   constexpr int kBound = 1024;
   ScopedNetns ns("cw-test-probe-b");
@@ -452,6 +454,12 @@ TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
   drain(*probe);
   EXPECT_EQ(testutil::bpfOwnerEntries(), kBound);  // all open, all tracked
   EXPECT_EQ(probe->trackedSockets(), kBound);      // as the agent's gauge reads it
+  // More than the hot area's 512 keys: the rest are in the overflow area,
+  // and its count says how many.
+  constexpr uint32_t kHotBuckets = 64;
+  const long overflow = testutil::bpfOwnerEntries(kHotBuckets);
+  EXPECT_GE(overflow, kBound - static_cast<long>(kHotBuckets * CW_OWNER_BUCKET_SLOTS));
+  EXPECT_EQ(testutil::bpfOverflowKeysCounter(), overflow);
   ASSERT_EQ(::write(release[1], &x, 1), 1);
   int status = 0;
   waitpid(child, &status, 0);
@@ -468,6 +476,7 @@ TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
   // freed with it.
   EXPECT_EQ(testutil::bpfOwnerEntries(), 0);
   EXPECT_EQ(probe->trackedSockets(), 0);
+  EXPECT_EQ(testutil::bpfOverflowKeysCounter(), 0);
 }
 
 // A socket bound to the redirect port before connect() (in a pod where the
