@@ -249,11 +249,13 @@ static __always_inline void buckets_in(__u64 h, __u32 first, __u32 n, __u32 b[2]
 }
 
 /* A key of owner_keys is the socket's address (8-byte aligned) with tag bits
- * in its low bits. CW_KEY_QUIET: the socket's close record is not needed
- * (its owner is the proxy's, or the sidecar's accept of its connection was
- * sent), so that its close frees the entry without reading the owner entry,
- * another cache line, usually cold by then (README Performance). */
+ * in its low bits, so that a socket's close reads only its key, never its
+ * owner entry (another cache line, usually cold by then: README
+ * Performance). CW_KEY_QUIET: the socket's close record is not needed (its
+ * owner is the proxy's, or the sidecar's accept of its connection was sent).
+ * CW_KEY_RESET: a reset was received (tcp_receive_reset). */
 #define CW_KEY_QUIET 1ULL
+#define CW_KEY_RESET 2ULL
 #define CW_KEY_TAGS 7ULL
 
 /* The owner entry of the socket at `key` in the area of `n` buckets from
@@ -304,14 +306,21 @@ static __always_inline __u64 *owner_key(__u32 slot)
 	return keys ? &keys->sk[slot % CW_OWNER_BUCKET_SLOTS] : NULL;
 }
 
-/* Sets CW_KEY_QUIET on the key of the entry find_owner found at `slot`, if
- * that key is still `key` (a compare-and-swap: the socket's close may free it
- * on another CPU meanwhile). */
-static __always_inline void quiet_owner(__u32 slot, __u64 key)
+/* Adds `tag` to the tags of the key of the entry find_owner found at `slot`,
+ * if that key is still the socket's at `key`: a compare-and-swap, since the
+ * socket's close may free it on another CPU meanwhile, tried again once if
+ * the other tag changed in between. */
+static __always_inline void tag_owner(__u32 slot, __u64 key, __u64 tag)
 {
 	__u64 *k = owner_key(slot);
-	if (k)
-		__sync_val_compare_and_swap(k, key, key | CW_KEY_QUIET);
+	if (!k)
+		return;
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		__u64 cur = *(volatile __u64 *)k;
+		if ((cur & ~CW_KEY_TAGS) != key || __sync_val_compare_and_swap(k, cur, cur | tag) == cur)
+			return;
+	}
 }
 
 /* Frees the entry find_owner returned at `slot` (its key goes back to 0). */
@@ -452,7 +461,7 @@ static __always_inline struct owner *claim_owner(__u64 key, __u64 tags)
 /* Reserve, fill and submit one record in this CPU's ring; a failed reserve
  * (or a CPU without a ring) is counted. */
 static __always_inline bool emit(const struct sock *sk, __u8 kind, __u32 netns,
-				 const struct owner *o, __u64 bytes_received)
+				 const struct owner *o, __u64 bytes_received, __u8 flags)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	void *ring = bpf_map_lookup_elem(&rings, &cpu);
@@ -475,14 +484,14 @@ static __always_inline bool emit(const struct sock *sk, __u8 kind, __u32 netns,
 		e->pid = o->pid;
 		e->uid = o->uid;
 		e->gid = o->gid;
-		e->flags = o->flags | CW_F_OWNER_KNOWN;
+		e->flags = o->flags | CW_F_OWNER_KNOWN | flags;
 		__builtin_memcpy(e->comm, o->comm, CW_COMM_LEN);
 	} else {
 		e->cgroup_id = 0;
 		e->pid = 0;
 		e->uid = 0;
 		e->gid = 0;
-		e->flags = 0;
+		e->flags = flags;
 		__builtin_memset(e->comm, 0, CW_COMM_LEN);
 	}
 	__builtin_memset(e->saddr, 0, CW_ADDR_LEN);
@@ -546,7 +555,7 @@ static __always_inline void join_accept(const struct sock *sk, __u32 netns)
 		r->sk[i] = 0;
 		struct owner *o = find_owner(key, &slot, &tags);
 		if (o && o->netns == netns)
-			quiet_owner(slot, key); /* CW_F_ACCEPT_SEEN */
+			tag_owner(slot, key, CW_KEY_QUIET); /* CW_F_ACCEPT_SEEN */
 		return;
 	}
 }
@@ -612,7 +621,7 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		if (sk->__sk_common.skc_num != redirect_port)
 			return 0;
 		__u32 netns = sk_netns(sk);
-		if (netns_watched(netns) && emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0))
+		if (netns_watched(netns) && emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0, 0))
 			join_accept(sk, netns);
 		return 0;
 	}
@@ -631,11 +640,12 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		return 0; /* not an app socket of a watched netns */
 
 	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
-		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o->netns, o, 0);
+		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o->netns, o, 0, 0);
 		if (!(o->flags & CW_F_PROXY_OWNER))
 			remember_established(sk, o->netns);
 	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
-		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0);
+		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0,
+		     (tags & CW_KEY_RESET) ? CW_F_RESET_RECEIVED : 0);
 		free_owner(slot);
 	} else if (newstate == TCP_CLOSE) {
 		if (tags & CW_KEY_QUIET) {
@@ -646,13 +656,16 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		/* The peer closed first: the socket went through CLOSE_WAIT,
 		 * whose only ways out are LAST_ACK and CLOSE (read here rather
 		 * than with a lookup at CLOSE_WAIT). */
+		__u8 flags = (tags & CW_KEY_RESET) ? CW_F_RESET_RECEIVED : 0;
 		if (oldstate == TCP_CLOSE_WAIT || oldstate == TCP_LAST_ACK)
-			o->flags |= CW_F_PEER_FIN;
+			flags |= CW_F_PEER_FIN;
 		/* bytes_received counts the peer's FIN as one byte: a peer
 		 * that closed without a reply byte is not "data". */
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 		__u64 rx = tp && tp->data_segs_in ? tp->bytes_received : 0;
-		emit(sk, CW_EV_ACTIVE_CLOSED, o->netns, o, rx);
+		/* Without the owner's fields and netns: the agent knows the
+		 * connection by its socket from the established record. */
+		emit(sk, CW_EV_ACTIVE_CLOSED, 0, NULL, rx, flags);
 		free_owner(slot);
 	}
 	return 0;
@@ -663,8 +676,8 @@ int BPF_PROG(cw_receive_reset, struct sock *sk)
 {
 	__u32 slot;
 	__u64 tags;
-	struct owner *o = find_owner(sk_key(sk, CW_SCRATCH_RESET), &slot, &tags);
-	if (o)
-		o->flags |= CW_F_RESET_RECEIVED;
+	__u64 key = sk_key(sk, CW_SCRATCH_RESET);
+	if (find_owner(key, &slot, &tags))
+		tag_owner(slot, key, CW_KEY_RESET);
 	return 0;
 }

@@ -24,10 +24,12 @@ enum cw_event_kind {
 	 * SYN_RECV -> ESTABLISHED: the sidecar accepted a redirected connection.
 	 * src = the sidecar's local end, dst = the peer (the app's end). */
 	CW_EV_PASSIVE_ESTABLISHED = 3,
-	/* An established app socket reached CLOSE: outcome of the connection.
-	 * Not sent for a socket of the proxy (CW_F_PROXY_OWNER), nor for one
-	 * whose accept on the redirect port the kernel matched to it
-	 * (CW_F_ACCEPT_SEEN): both are decided without it. */
+	/* An established app socket reached CLOSE: outcome of the connection
+	 * (flags, bytes_received). The owner fields (cgroup_id, pid, uid, gid,
+	 * comm) and netns are 0: the agent knows the connection by its sock_id
+	 * from its established record. Not sent for a socket of the proxy
+	 * (CW_F_PROXY_OWNER), nor for one whose accept on the redirect port the
+	 * kernel matched to it (CW_F_ACCEPT_SEEN): both are decided without it. */
 	CW_EV_ACTIVE_CLOSED = 4,
 };
 

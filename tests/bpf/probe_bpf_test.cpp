@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -122,7 +123,9 @@ TEST_F(ProbeTest, RecordsCarryOwnerAddressesAndTheRedirectPortAccept) {
     ASSERT_EQ(countKind(rec.events, EventKind::PassiveEstablished), 3);
     const Address loop = *Address::parse(v6 ? "::1" : "127.0.0.1");
     for (const auto& e : rec.events) {
-      EXPECT_EQ(e.netns, inode);
+      // A close record (sent if an accept was not matched to its app
+      // socket) names only its socket.
+      EXPECT_EQ(e.netns, e.kind == EventKind::ActiveClosed ? 0u : inode);
       if (e.kind == EventKind::ActiveEstablished) {
         EXPECT_TRUE(e.ownerKnown());
         EXPECT_EQ(e.uid, 0u);
@@ -466,7 +469,13 @@ TEST_F(ProbeTest, OwnerTableTracksAsManySocketsAsItsBoundAndFreesThemAtClose) {
   ::close(ready[0]);
   ::close(release[1]);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  drain(*probe);
+  // The listener's close resets the connections still in its queue; past
+  // the softirq's budget the rest of that work is left to ksoftirqd, which
+  // may run later: wait (up to 10 s) for the sockets to reach CLOSE.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  do {
+    drain(*probe);
+  } while (probe->trackedSockets() != 0 && std::chrono::steady_clock::now() < deadline);
   const auto c = probe->counters();
   EXPECT_EQ(c.owner_insert_failed, 0u);
   EXPECT_EQ(c.lost_active, 0u);
