@@ -134,9 +134,10 @@ class CaptureExplainer {
   // explain()'s answer when it is not a memoised one.
   const Why& answer(Why why) { return answer_ = std::move(why); }
   Why answer_;
-  // The last read rules are readable, have Istio's chains and say this
-  // connection is not captured: no re-read is needed to explain it.
-  bool explainedByLastRead(Target& t, const Connection& conn);
+  // If the last read rules are readable, have Istio's chains and say this
+  // connection is not captured, their explanation (what explain() would
+  // answer from them): no re-read is needed. Else nullptr.
+  const Why* explainedByLastRead(Target& t, const Connection& conn);
   rules::Connection ruleConnection(Target& t, const Connection& conn);
 
   RulesReader reader_;

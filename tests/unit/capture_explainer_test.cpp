@@ -80,6 +80,24 @@ TEST(CaptureExplainer, GivesTheReasonOfEachConnectionNotTheOneExplainedBefore) {
   EXPECT_EQ(f.reads, 1);
 }
 
+// Past the minimum interval since the last read, a gap that the last read
+// rules explain is answered from them, with their reason, and no re-read; one
+// they say is captured makes the explainer look again.
+TEST(CaptureExplainer, PastTheIntervalAGapTheLastReadExplainsIsAnsweredWithoutReadingAgain) {
+  Fixture f(false);
+  const uint64_t later = 3'500'000'000;  // the last read was at 1 s, the interval is 1 s
+  for (int round = 0; round < 2; ++round) {
+    const uint16_t sport = static_cast<uint16_t>(41000 + round);
+    EXPECT_EQ(f.ex.explain(conn(1337, 0, "198.18.0.1", 80, sport), later).reason, "owner-uid");
+    EXPECT_EQ(f.ex.explain(conn(1000, 1337, "198.18.0.1", 80, sport), later).reason, "owner-gid");
+    EXPECT_EQ(f.ex.explain(conn(1000, 1000, "198.18.9.7", 80, sport), later).reason,
+              "excluded-cidr");
+  }
+  EXPECT_EQ(f.reads, 1);
+  EXPECT_EQ(f.ex.explain(conn(1000, 1000, "198.18.0.1", 80, 41005), later).reason, "unknown");
+  EXPECT_EQ(f.reads, 2);
+}
+
 TEST(CaptureExplainer, SourcePortIsPartOfTheAnswerWhenTheRulesMatchOnIt) {
   Fixture f(true);
   const uint64_t now = 1'500'000'000;
