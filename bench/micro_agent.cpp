@@ -142,8 +142,10 @@ void BM_ExplainRepeatedBypass(benchmark::State& state) {
         t.iptables_nft_v4 = rules;
         return t;
       },
-      [](const std::string&, const Address&) { return Route{"eth0", std::nullopt}; }, 15001,
-      min_interval_ns);
+      [](const std::string&, const Address&) {
+        return Route{"eth0", std::nullopt};
+      },
+      15001, min_interval_ns);
   ex.addTarget(kNetns, "/run/netns/bench", 1);
   Decision d = decision(Verdict::Bypassed, 1337, 40000);
   if (ex.explain(d.conn, 2).reason != "owner-uid") {

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <regex>
 #include <sstream>
@@ -255,7 +256,12 @@ int agentProgramsLoaded(std::chrono::milliseconds settle) {
   }
 }
 
-long bpfOwnerEntries(uint32_t first_bucket) {
+namespace {
+
+// Sums count(fd, info) over the loaded BPF maps named `name` with values of
+// `value_size` bytes; -1 if there is none.
+long sumOverMaps(const char* name, uint32_t value_size,
+                 const std::function<long(int, const bpf_map_info&)>& count) {
   long total = 0;
   bool found = false;
   uint32_t id = 0;
@@ -264,39 +270,38 @@ long bpfOwnerEntries(uint32_t first_bucket) {
     if (fd < 0) continue;
     bpf_map_info info{};
     uint32_t len = sizeof info;
-    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::string("owner_keys") == info.name &&
-        info.value_size == CW_OWNER_BUCKET_SLOTS * sizeof(uint64_t)) {
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::string(name) == info.name &&
+        info.value_size == value_size) {
       found = true;
-      uint64_t keys[CW_OWNER_BUCKET_SLOTS];
-      for (uint32_t b = first_bucket; b < info.max_entries; ++b) {
-        if (bpf_map_lookup_elem(fd, &b, keys) != 0) continue;
-        total += std::count_if(std::begin(keys), std::end(keys), [](uint64_t k) { return k != 0; });
-      }
+      total += count(fd, info);
     }
     ::close(fd);
   }
   return found ? total : -1;
 }
 
+}  // namespace
+
+long bpfOwnerEntries(uint32_t first_bucket) {
+  return sumOverMaps("owner_keys", CW_OWNER_BUCKET_SLOTS * sizeof(uint64_t),
+                     [first_bucket](int fd, const bpf_map_info& info) {
+                       long n = 0;
+                       uint64_t keys[CW_OWNER_BUCKET_SLOTS];
+                       for (uint32_t b = first_bucket; b < info.max_entries; ++b) {
+                         if (bpf_map_lookup_elem(fd, &b, keys) != 0) continue;
+                         n += std::count_if(std::begin(keys), std::end(keys),
+                                            [](uint64_t k) { return k != 0; });
+                       }
+                       return n;
+                     });
+}
+
 long bpfOverflowKeysCounter() {
-  long total = 0;
-  bool found = false;
-  uint32_t id = 0;
-  while (bpf_map_get_next_id(id, &id) == 0) {
-    int fd = bpf_map_get_fd_by_id(id);
-    if (fd < 0) continue;
-    bpf_map_info info{};
-    uint32_t len = sizeof info;
+  return sumOverMaps("capture_.bss", sizeof(int64_t), [](int fd, const bpf_map_info&) {
     int64_t value = 0;
     const uint32_t zero = 0;
-    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::string("capture_.bss") == info.name &&
-        info.value_size == sizeof value && bpf_map_lookup_elem(fd, &zero, &value) == 0) {
-      found = true;
-      total += value;
-    }
-    ::close(fd);
-  }
-  return found ? total : -1;
+    return bpf_map_lookup_elem(fd, &zero, &value) == 0 ? static_cast<long>(value) : 0L;
+  });
 }
 
 ScopedNetns::ScopedNetns(const std::string& name) : name_(name) {

@@ -61,6 +61,14 @@ struct Fixture {
   }
 };
 
+// The three gaps of istioNat's rules, from one source port: the proxy's uid,
+// its gid and an excluded range, each with its own reason.
+void expectTheThreeGaps(Fixture& f, uint64_t now, uint16_t sport) {
+  EXPECT_EQ(f.ex.explain(conn(1337, 0, "198.18.0.1", 80, sport), now).reason, "owner-uid");
+  EXPECT_EQ(f.ex.explain(conn(1000, 1337, "198.18.0.1", 80, sport), now).reason, "owner-gid");
+  EXPECT_EQ(f.ex.explain(conn(1000, 1000, "198.18.9.7", 80, sport), now).reason, "excluded-cidr");
+}
+
 TEST(CaptureExplainer, GivesTheReasonOfEachConnectionNotTheOneExplainedBefore) {
   Fixture f(false);
   const uint64_t now = 1'500'000'000;
@@ -68,10 +76,7 @@ TEST(CaptureExplainer, GivesTheReasonOfEachConnectionNotTheOneExplainedBefore) {
   // excluded range and an app the rules capture: each keeps its own reason.
   for (int round = 0; round < 3; ++round) {
     const uint16_t sport = static_cast<uint16_t>(41000 + round);
-    EXPECT_EQ(f.ex.explain(conn(1337, 0, "198.18.0.1", 80, sport), now).reason, "owner-uid");
-    EXPECT_EQ(f.ex.explain(conn(1000, 1337, "198.18.0.1", 80, sport), now).reason, "owner-gid");
-    EXPECT_EQ(f.ex.explain(conn(1000, 1000, "198.18.9.7", 80, sport), now).reason,
-              "excluded-cidr");
+    expectTheThreeGaps(f, now, sport);
     const Why captured_now = f.ex.explain(conn(1000, 1000, "198.18.0.1", 80, sport), now);
     EXPECT_EQ(captured_now.reason, "unknown");
     EXPECT_NE(captured_now.remedy.find("redirect this connection"), std::string::npos);
@@ -87,11 +92,7 @@ TEST(CaptureExplainer, PastTheIntervalAGapTheLastReadExplainsIsAnsweredWithoutRe
   Fixture f(false);
   const uint64_t later = 3'500'000'000;  // the last read was at 1 s, the interval is 1 s
   for (int round = 0; round < 2; ++round) {
-    const uint16_t sport = static_cast<uint16_t>(41000 + round);
-    EXPECT_EQ(f.ex.explain(conn(1337, 0, "198.18.0.1", 80, sport), later).reason, "owner-uid");
-    EXPECT_EQ(f.ex.explain(conn(1000, 1337, "198.18.0.1", 80, sport), later).reason, "owner-gid");
-    EXPECT_EQ(f.ex.explain(conn(1000, 1000, "198.18.9.7", 80, sport), later).reason,
-              "excluded-cidr");
+    expectTheThreeGaps(f, later, static_cast<uint16_t>(41000 + round));
   }
   EXPECT_EQ(f.reads, 1);
   EXPECT_EQ(f.ex.explain(conn(1000, 1000, "198.18.0.1", 80, 41005), later).reason, "unknown");
