@@ -227,16 +227,16 @@ void Agent::runPosted() {
 
 void Agent::onRecord(std::span<const uint8_t> raw) {
   ++read_;
-  auto ev = decodeEvent(raw);
-  if (!ev) {
+  if (!decodeEvent(raw, event_)) {
     ++malformed_;
     return;
   }
-  if (startup_seen_ != nullptr && ev->netns == startup_netns_ &&
-      (ev->kind == EventKind::ActiveEstablished || ev->kind == EventKind::ActiveFailed)) {
-    startup_seen_->insert({ev->src, ev->dst});
+  const ConnEvent& ev = event_;
+  if (startup_seen_ != nullptr && ev.netns == startup_netns_ &&
+      (ev.kind == EventKind::ActiveEstablished || ev.kind == EventKind::ActiveFailed)) {
+    startup_seen_->insert({ev.src, ev.dst});
   }
-  correlator_.onEvent(*ev, decisions_);
+  correlator_.onEvent(ev, decisions_);
 }
 
 RemapAnswer Agent::lookUpRemap(uint32_t netns, const Endpoint& accept_local,

@@ -104,6 +104,7 @@ class Agent {
   std::unique_ptr<Probe> probe_;
   std::vector<Target> targets_;
   std::vector<Decision> decisions_;
+  ConnEvent event_;  // each record is decoded into this one
   // One per watched netns that needed a remap lookup; dropped with its target.
   std::unordered_map<uint32_t, std::unique_ptr<ConntrackReader>> conntrack_readers_;
   std::chrono::steady_clock::time_point last_remap_warning_{};

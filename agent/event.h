@@ -100,5 +100,9 @@ struct ConnEvent {
 // Decodes one ring-buffer record; nullopt if it is too short or of an
 // unknown kind (never trusts the kernel side blindly).
 std::optional<ConnEvent> decodeEvent(std::span<const uint8_t> raw);
+// The same into `out` (every field written); false, and `out` unchanged, for
+// a record the other form gives nullopt for. The agent's form: no event is
+// built and copied per record.
+bool decodeEvent(std::span<const uint8_t> raw, ConnEvent& out);
 
 }  // namespace cw

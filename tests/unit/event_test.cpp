@@ -216,6 +216,62 @@ TEST(DecodeEventTest, CommWithoutTerminatorStaysInBounds) {
   EXPECT_EQ(ev->commStr(), std::string(CW_COMM_LEN, 'x'));
 }
 
+void expectSameEvent(const ConnEvent& a, const ConnEvent& b) {
+  EXPECT_EQ(a.kind, b.kind);
+  EXPECT_EQ(a.flags, b.flags);
+  EXPECT_EQ(a.ts_ns, b.ts_ns);
+  EXPECT_EQ(a.sock_id, b.sock_id);
+  EXPECT_EQ(a.cgroup_id, b.cgroup_id);
+  EXPECT_EQ(a.bytes_received, b.bytes_received);
+  EXPECT_EQ(a.netns, b.netns);
+  EXPECT_EQ(a.pid, b.pid);
+  EXPECT_EQ(a.uid, b.uid);
+  EXPECT_EQ(a.gid, b.gid);
+  EXPECT_EQ(a.src, b.src);
+  EXPECT_EQ(a.dst, b.dst);
+  EXPECT_EQ(a.comm, b.comm);
+}
+
+// The agent decodes every record into one event: each decode must write
+// every field (nothing of the record before may show through), and a
+// rejected record must leave the event as it was.
+TEST(DecodeEventTest, DecodingIntoAReusedEventOverwritesEveryField) {
+  cw_event v6 = rawEvent(CW_EV_PASSIVE_ESTABLISHED, AF_INET6);
+  std::memset(v6.saddr, 0x20, 16);
+  std::memset(v6.daddr, 0x30, 16);
+  std::memset(v6.comm, 'y', CW_COMM_LEN);
+  cw_event v4{};
+  v4.ts_ns = 5;
+  v4.sock_id = 6;
+  v4.cgroup_id = 7;
+  v4.netns = 8;
+  v4.pid = 9;
+  v4.uid = 10;
+  v4.gid = 11;
+  v4.sport = 12;
+  v4.dport = 13;
+  v4.family = AF_INET;
+  v4.kind = CW_EV_ACTIVE_FAILED;
+  const uint8_t s[4] = {198, 18, 0, 9};
+  std::memcpy(v4.saddr, s, 4);
+  std::memcpy(v4.comm, "ab", 3);
+
+  ConnEvent ev;
+  ASSERT_TRUE(decodeEvent(bytesOf(v6), ev));
+  expectSameEvent(ev, *decodeEvent(bytesOf(v6)));
+  ASSERT_TRUE(decodeEvent(bytesOf(v4), ev));
+  expectSameEvent(ev, *decodeEvent(bytesOf(v4)));
+  EXPECT_EQ(ev.src.str(), "198.18.0.9:12");
+  EXPECT_EQ(ev.dst.str(), "0.0.0.0:13");
+  EXPECT_EQ(ev.commStr(), "ab");
+
+  EXPECT_FALSE(decodeEvent(bytesOf(rawEvent(9, AF_INET)), ev));
+  EXPECT_FALSE(decodeEvent(bytesOf(rawEvent(CW_EV_ACTIVE_CLOSED, AF_UNIX)), ev));
+  const auto buf = bytesOf(v6);
+  EXPECT_FALSE(decodeEvent(std::span(buf.data(), sizeof(cw_event) - 1), ev));
+  expectSameEvent(ev, *decodeEvent(bytesOf(v4)));
+}
+
 TEST(VerdictTest, Names) {
   EXPECT_EQ(toString(Verdict::Captured), "captured");
   EXPECT_EQ(toString(Verdict::Bypassed), "bypassed");
