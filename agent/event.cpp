@@ -114,20 +114,31 @@ bool decodeEvent(std::span<const uint8_t> raw, ConnEvent& out) {
   // local first, then building and returning a new event, cost a store
   // forwarding stall or two per record, 13% of the agent's CPU on a
   // bypassed storm (perf; README Performance).
-  if (raw.size() < sizeof(cw_event)) return false;
+  if (raw.size() < sizeof(cw_close_event)) return false;
   const uint8_t* r = raw.data();
   const auto kind = fieldAt<uint8_t>(r, offsetof(cw_event, kind));
-  const auto family = fieldAt<uint16_t>(r, offsetof(cw_event, family));
   if (kind < CW_EV_ACTIVE_ESTABLISHED || kind > CW_EV_ACTIVE_CLOSED) return false;
-  if (family != AF_INET && family != AF_INET6) return false;
+  const bool close = kind == CW_EV_ACTIVE_CLOSED;
+  const auto family = fieldAt<uint16_t>(r, offsetof(cw_event, family));
+  if (!close) {
+    if (raw.size() < sizeof(cw_event)) return false;
+    if (family != AF_INET && family != AF_INET6) return false;
+  }
 
   out.kind = static_cast<EventKind>(kind);
   out.flags = fieldAt<uint8_t>(r, offsetof(cw_event, flags));
   out.ts_ns = fieldAt<uint64_t>(r, offsetof(cw_event, ts_ns));
   out.sock_id = fieldAt<uint64_t>(r, offsetof(cw_event, sock_id));
-  out.cgroup_id = fieldAt<uint64_t>(r, offsetof(cw_event, cgroup_id));
   out.bytes_received = fieldAt<uint64_t>(r, offsetof(cw_event, bytes_received));
   out.netns = fieldAt<uint32_t>(r, offsetof(cw_event, netns));
+  if (close) {
+    out.cgroup_id = 0;
+    out.pid = out.uid = out.gid = 0;
+    out.src = out.dst = Endpoint{};
+    out.comm.fill(0);
+    return true;
+  }
+  out.cgroup_id = fieldAt<uint64_t>(r, offsetof(cw_event, cgroup_id));
   out.pid = fieldAt<uint32_t>(r, offsetof(cw_event, pid));
   out.uid = fieldAt<uint32_t>(r, offsetof(cw_event, uid));
   out.gid = fieldAt<uint32_t>(r, offsetof(cw_event, gid));

@@ -17,11 +17,21 @@ extern "C" {
 namespace cw {
 
 static_assert(sizeof(cw_event) == 104, "cw_event layout changed: update agent and BPF together");
+static_assert(sizeof(cw_close_event) == 32, "cw_close_event layout changed");
 static_assert(offsetof(cw_event, ts_ns) == 0);
-static_assert(offsetof(cw_event, netns) == 32);
-static_assert(offsetof(cw_event, saddr) == 48);
-static_assert(offsetof(cw_event, sport) == 80);
+static_assert(offsetof(cw_event, netns) == 24);
+static_assert(offsetof(cw_event, saddr) == 52);
+static_assert(offsetof(cw_event, sport) == 84);
 static_assert(offsetof(cw_event, comm) == 88);
+// A close record is a full record's first 32 bytes.
+static_assert(offsetof(cw_close_event, ts_ns) == offsetof(cw_event, ts_ns));
+static_assert(offsetof(cw_close_event, sock_id) == offsetof(cw_event, sock_id));
+static_assert(offsetof(cw_close_event, bytes_received) == offsetof(cw_event, bytes_received));
+static_assert(offsetof(cw_close_event, netns) == offsetof(cw_event, netns));
+static_assert(offsetof(cw_close_event, kind) == offsetof(cw_event, kind));
+static_assert(offsetof(cw_close_event, flags) == offsetof(cw_event, flags));
+static_assert(offsetof(cw_close_event, family) == offsetof(cw_event, family));
+static_assert(offsetof(cw_event, cgroup_id) == sizeof(cw_close_event));
 
 // An IP address in IPv6 form: IPv4 addresses are stored v4-mapped
 // (::ffff:a.b.c.d), so an AF_INET socket and a dual-stack AF_INET6 socket
@@ -98,7 +108,9 @@ struct ConnEvent {
 };
 
 // Decodes one ring-buffer record; nullopt if it is too short or of an
-// unknown kind (never trusts the kernel side blindly).
+// unknown kind (never trusts the kernel side blindly). A close record is a
+// cw_close_event (the longer cw_event is read as one too): its owner fields,
+// ends and comm decode as zero.
 std::optional<ConnEvent> decodeEvent(std::span<const uint8_t> raw);
 // The same into `out` (every field written); false, and `out` unchanged, for
 // a record the other form gives nullopt for. The agent's form: no event is

@@ -165,8 +165,9 @@ void BM_CorrelatorGatewayMix(benchmark::State& state) {
 }
 BENCHMARK(BM_CorrelatorGatewayMix);
 
-// The ring-buffer records the probe ships for a stream: one cw_event
-// (bpf/capture.h) per event, as the kernel side writes them.
+// The ring-buffer records the probe ships for a stream, as the kernel side
+// writes them (bpf/capture.h): a close as a cw_close_event, the others as
+// a cw_event.
 std::vector<std::vector<uint8_t>> rawRecords(const Stream& s) {
   std::vector<std::vector<uint8_t>> out;
   for (const auto& ev : s.events) {
@@ -187,8 +188,9 @@ std::vector<std::vector<uint8_t>> rawRecords(const Stream& s) {
     e.kind = static_cast<uint8_t>(ev.kind);
     e.flags = ev.flags;
     std::memcpy(e.comm, ev.comm.data(), CW_COMM_LEN);
-    std::vector<uint8_t> raw(sizeof e);
-    std::memcpy(raw.data(), &e, sizeof e);
+    if (ev.kind == EventKind::ActiveClosed) e.family = 0;
+    std::vector<uint8_t> raw(ev.kind == EventKind::ActiveClosed ? sizeof(cw_close_event) : sizeof e);
+    std::memcpy(raw.data(), &e, raw.size());
     out.push_back(std::move(raw));
   }
   return out;

@@ -458,25 +458,33 @@ static __always_inline struct owner *claim_owner(__u64 key, __u64 tags)
 	return o;
 }
 
-/* Reserve, fill and submit one record in this CPU's ring; a failed reserve
- * (or a CPU without a ring) is counted. */
-static __always_inline bool emit(const struct sock *sk, __u8 kind, __u32 netns,
-				 const struct owner *o, __u64 bytes_received, __u8 flags)
+/* Reserve `size` bytes in this CPU's ring; a failed reserve (or a CPU
+ * without a ring) is counted, by what its record would have been. */
+static __always_inline void *reserve(__u32 size, __u8 kind)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	void *ring = bpf_map_lookup_elem(&rings, &cpu);
-	struct cw_event *e = ring ? bpf_ringbuf_reserve(ring, sizeof(*e), 0) : NULL;
+	void *e = ring ? bpf_ringbuf_reserve(ring, size, 0) : NULL;
 	if (!e) {
 		count(CW_CNT_RINGBUF_LOST);
 		if (kind == CW_EV_ACTIVE_ESTABLISHED || kind == CW_EV_ACTIVE_FAILED)
 			count(CW_CNT_LOST_ACTIVE);
 		else if (kind == CW_EV_PASSIVE_ESTABLISHED)
 			count(CW_CNT_LOST_PASSIVE);
-		return false;
 	}
+	return e;
+}
+
+/* Fill and submit one full record (every kind but a close). */
+static __always_inline bool emit(const struct sock *sk, __u8 kind, __u32 netns,
+				 const struct owner *o, __u8 flags)
+{
+	struct cw_event *e = reserve(sizeof(*e), kind);
+	if (!e)
+		return false;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->sock_id = (__u64)sk;
-	e->bytes_received = bytes_received;
+	e->bytes_received = 0;
 	e->netns = netns;
 	e->kind = kind;
 	if (o) {
@@ -500,6 +508,24 @@ static __always_inline bool emit(const struct sock *sk, __u8 kind, __u32 netns,
 	count(CW_CNT_EVENTS);
 	bpf_ringbuf_submit(e, 0);
 	return true;
+}
+
+/* Fill and submit a close record: the socket, its flags and bytes, nothing
+ * of its owner or ends (capture.h). */
+static __always_inline void emit_close(const struct sock *sk, __u64 bytes_received, __u8 flags)
+{
+	struct cw_close_event *e = reserve(sizeof(*e), CW_EV_ACTIVE_CLOSED);
+	if (!e)
+		return;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->sock_id = (__u64)sk;
+	e->bytes_received = bytes_received;
+	e->netns = 0;
+	e->kind = CW_EV_ACTIVE_CLOSED;
+	e->flags = flags;
+	e->family = 0;
+	count(CW_CNT_EVENTS);
+	bpf_ringbuf_submit(e, 0);
 }
 
 /* A socket's local (local=true) or remote end, as the join sees it: IPv4 as
@@ -621,7 +647,7 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		if (sk->__sk_common.skc_num != redirect_port)
 			return 0;
 		__u32 netns = sk_netns(sk);
-		if (netns_watched(netns) && emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0, 0))
+		if (netns_watched(netns) && emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0))
 			join_accept(sk, netns);
 		return 0;
 	}
@@ -640,11 +666,11 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		return 0; /* not an app socket of a watched netns */
 
 	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
-		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o->netns, o, 0, 0);
+		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o->netns, o, 0);
 		if (!(o->flags & CW_F_PROXY_OWNER))
 			remember_established(sk, o->netns);
 	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
-		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o, 0,
+		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o,
 		     (tags & CW_KEY_RESET) ? CW_F_RESET_RECEIVED : 0);
 		free_owner(slot);
 	} else if (newstate == TCP_CLOSE) {
@@ -663,9 +689,9 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		 * that closed without a reply byte is not "data". */
 		struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 		__u64 rx = tp && tp->data_segs_in ? tp->bytes_received : 0;
-		/* Without the owner's fields and netns: the agent knows the
-		 * connection by its socket from the established record. */
-		emit(sk, CW_EV_ACTIVE_CLOSED, 0, NULL, rx, flags);
+		/* Without the owner's fields, netns and ends: the agent knows
+		 * the connection by its socket from the established record. */
+		emit_close(sk, rx, flags);
 		free_owner(slot);
 	}
 	return 0;

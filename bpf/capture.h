@@ -25,11 +25,11 @@ enum cw_event_kind {
 	 * src = the sidecar's local end, dst = the peer (the app's end). */
 	CW_EV_PASSIVE_ESTABLISHED = 3,
 	/* An established app socket reached CLOSE: outcome of the connection
-	 * (flags, bytes_received). The owner fields (cgroup_id, pid, uid, gid,
-	 * comm) and netns are 0: the agent knows the connection by its sock_id
-	 * from its established record. Not sent for a socket of the proxy
-	 * (CW_F_PROXY_OWNER), nor for one whose accept on the redirect port the
-	 * kernel matched to it (CW_F_ACCEPT_SEEN): both are decided without it. */
+	 * (flags, bytes_received). A struct cw_close_event, netns 0: the agent
+	 * knows the connection by its sock_id from its established record.
+	 * Not sent for a socket of the proxy (CW_F_PROXY_OWNER), nor for one
+	 * whose accept on the redirect port the kernel matched to it
+	 * (CW_F_ACCEPT_SEEN): both are decided without it. */
 	CW_EV_ACTIVE_CLOSED = 4,
 };
 
@@ -43,13 +43,33 @@ enum cw_event_kind {
                                   * this socket's connection was sent, so its close is not
                                   * (kept as a tag of the socket's key in the owner table) */
 
-struct cw_event {
+/* Every record starts with the same 32 bytes (struct cw_close_event); a
+ * close record is only those (40 bytes in the ring with its header instead
+ * of 112: a bypassed connection's two records write one cache line less,
+ * README Performance). The agent tells the two by kind; the timestamp comes
+ * first in both (the agent orders records by it). */
+struct cw_close_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */
 	__u64 sock_id;        /* kernel address of struct sock: opaque identity while open */
-	__u64 cgroup_id;      /* cgroup v2 id of the connecting task (0 if unknown) */
 	__u64 bytes_received; /* CLOSED only: tcp_sock.bytes_received (the peer's FIN counts
 	                       * as one) if any data segment came, else 0 */
-	__u32 netns;          /* network namespace inode number */
+	__u32 netns;          /* network namespace inode number (0 in a close record) */
+	__u8 kind;            /* enum cw_event_kind */
+	__u8 flags;           /* CW_F_* */
+	__u16 family;         /* AF_INET (2) or AF_INET6 (10); 0 in a close record */
+};
+
+/* Records of every kind but CW_EV_ACTIVE_CLOSED: the same first 32 bytes,
+ * then the owner and the socket's ends. */
+struct cw_event {
+	__u64 ts_ns;
+	__u64 sock_id;
+	__u64 bytes_received;
+	__u32 netns;
+	__u8 kind;
+	__u8 flags;
+	__u16 family;
+	__u64 cgroup_id;      /* cgroup v2 id of the connecting task (0 if unknown) */
 	__u32 pid;            /* tgid of the connecting task (0 if unknown) */
 	__u32 uid;            /* real uid of the connecting task */
 	__u32 gid;            /* real gid of the connecting task */
@@ -57,9 +77,6 @@ struct cw_event {
 	__u8 daddr[CW_ADDR_LEN]; /* remote address, network byte order; AF_INET: first 4 bytes */
 	__u16 sport;          /* local port, host byte order */
 	__u16 dport;          /* remote port, host byte order */
-	__u16 family;         /* AF_INET (2) or AF_INET6 (10) */
-	__u8 kind;            /* enum cw_event_kind */
-	__u8 flags;           /* CW_F_* */
 	char comm[CW_COMM_LEN]; /* task comm at connect(), NUL-terminated */
 };
 

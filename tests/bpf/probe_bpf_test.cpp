@@ -30,12 +30,18 @@ using testutil::ScopedNetns;
 
 struct Recorder {
   std::vector<ConnEvent> events;
+  std::vector<size_t> sizes;  // of each event's record
   int malformed = 0;
+  void clear() {
+    events.clear();
+    sizes.clear();
+  }
   Probe::Handler handler() {
     return [this](std::span<const uint8_t> raw) {
       auto ev = decodeEvent(raw);
       if (ev) {
         events.push_back(*ev);
+        sizes.push_back(raw.size());
       } else {
         ++malformed;
       }
@@ -104,6 +110,11 @@ TEST_F(ProbeTest, UnwatchedNetnsProducesNoEvent) {
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 5);
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveClosed), 5);
   EXPECT_EQ(rec.malformed, 0);
+  // A close is sent as the records' head alone (capture.h), the others whole.
+  for (size_t i = 0; i < rec.events.size(); ++i) {
+    EXPECT_EQ(rec.sizes[i], rec.events[i].kind == EventKind::ActiveClosed ? sizeof(cw_close_event)
+                                                                          : sizeof(cw_event));
+  }
 }
 
 TEST_F(ProbeTest, RecordsCarryOwnerAddressesAndTheRedirectPortAccept) {
@@ -302,7 +313,7 @@ TEST_F(ProbeTest, AnAcceptOnTheRedirectPortSparesItsAppSocketsCloseRecord) {
   for (const Case& k : {Case{"IPv4", false, false}, Case{"IPv6", true, true},
                         Case{"IPv4 to a dual-stack listener", true, false}}) {
     SCOPED_TRACE(k.name);
-    rec.events.clear();
+    rec.clear();
     ASSERT_NO_FATAL_FAILURE(oneConnection(ns.path(), 15994, k.listen_v6, k.connect_v6));
     ASSERT_NO_FATAL_FAILURE(oneConnection(ns.path(), 15995, k.listen_v6, k.connect_v6));
     drain(*probe);
@@ -310,9 +321,15 @@ TEST_F(ProbeTest, AnAcceptOnTheRedirectPortSparesItsAppSocketsCloseRecord) {
     ASSERT_EQ(countKind(rec.events, EventKind::PassiveEstablished), 1);
     const auto closes = countKind(rec.events, EventKind::ActiveClosed);
     EXPECT_EQ(closes, 1) << "only the connection to the other port sends its close";
+    // A close names only its socket: the one established to the other port.
+    uint64_t other_sock = 0;
+    for (const auto& e : rec.events) {
+      if (e.kind == EventKind::ActiveEstablished && e.dst.port == 15995) other_sock = e.sock_id;
+    }
     for (const auto& e : rec.events) {
       if (e.kind == EventKind::ActiveClosed) {
-        EXPECT_EQ(e.dst.port, 15995);
+        EXPECT_NE(other_sock, 0u);
+        EXPECT_EQ(e.sock_id, other_sock);
       }
     }
   }
@@ -347,7 +364,7 @@ TEST_F(ProbeTest, TheProxysSocketsSendNoCloseRecord) {
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveClosed), 0);
   for (const auto& e : rec.events) EXPECT_NE(e.flags & CW_F_PROXY_OWNER, 0) << e.src.str();
 
-  rec.events.clear();
+  rec.clear();
   probe->removeProxyCgroup(cgroup);
   ASSERT_EQ(testutil::loopbackConnections(ns.path(), 4, false), 4);
   drain(*probe);

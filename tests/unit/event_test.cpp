@@ -127,7 +127,7 @@ std::vector<uint8_t> bytesOf(const cw_event& e, size_t offset = 0) {
 }
 
 TEST(DecodeEventTest, DecodesIpv4) {
-  cw_event e = rawEvent(CW_EV_ACTIVE_CLOSED, AF_INET);
+  cw_event e = rawEvent(CW_EV_ACTIVE_FAILED, AF_INET);
   const uint8_t s[4] = {198, 18, 0, 2};
   const uint8_t d[4] = {198, 19, 0, 1};
   std::memcpy(e.saddr, s, 4);
@@ -136,7 +136,7 @@ TEST(DecodeEventTest, DecodesIpv4) {
   const auto buf = bytesOf(e);
   const auto ev = decodeEvent(buf);
   ASSERT_TRUE(ev.has_value());
-  EXPECT_EQ(ev->kind, EventKind::ActiveClosed);
+  EXPECT_EQ(ev->kind, EventKind::ActiveFailed);
   EXPECT_EQ(ev->flags, CW_F_OWNER_KNOWN | CW_F_PEER_FIN);
   EXPECT_TRUE(ev->ownerKnown());
   EXPECT_EQ(ev->ts_ns, 1'000'000'123U);
@@ -232,6 +232,41 @@ void expectSameEvent(const ConnEvent& a, const ConnEvent& b) {
   EXPECT_EQ(a.comm, b.comm);
 }
 
+std::vector<uint8_t> closeRecord(const cw_close_event& c) {
+  std::vector<uint8_t> out(sizeof c);
+  std::memcpy(out.data(), &c, sizeof c);
+  return out;
+}
+
+// The kernel sends a close as the 32-byte head alone (capture.h).
+TEST(DecodeEventTest, DecodesACloseRecordFromItsHead) {
+  cw_close_event c{};
+  c.ts_ns = 2'000'000'456;
+  c.sock_id = 0xffff888087654321ULL;
+  c.bytes_received = 1;
+  c.kind = CW_EV_ACTIVE_CLOSED;
+  c.flags = CW_F_PEER_FIN | CW_F_RESET_RECEIVED;
+  const auto buf = closeRecord(c);
+  const auto ev = decodeEvent(buf);
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(ev->kind, EventKind::ActiveClosed);
+  EXPECT_EQ(ev->ts_ns, 2'000'000'456U);
+  EXPECT_EQ(ev->sock_id, 0xffff888087654321ULL);
+  EXPECT_EQ(ev->bytes_received, 1U);
+  EXPECT_EQ(ev->flags, CW_F_PEER_FIN | CW_F_RESET_RECEIVED);
+  EXPECT_EQ(ev->netns, 0U);
+  EXPECT_FALSE(decodeEvent(std::span(buf.data(), sizeof c - 1)).has_value());
+
+  // The head of a full record reads the same; the rest is not a close's.
+  cw_event full = rawEvent(CW_EV_ACTIVE_CLOSED, AF_INET);
+  std::memcpy(&full, &c, sizeof c);
+  const auto from_full = decodeEvent(bytesOf(full));
+  ASSERT_TRUE(from_full.has_value());
+  EXPECT_EQ(from_full->sock_id, c.sock_id);
+  EXPECT_EQ(from_full->pid, 0U);
+  EXPECT_EQ(from_full->commStr(), "");
+}
+
 // The agent decodes every record into one event: each decode must write
 // every field (nothing of the record before may show through), and a
 // rejected record must leave the event as it was.
@@ -266,10 +301,22 @@ TEST(DecodeEventTest, DecodingIntoAReusedEventOverwritesEveryField) {
   EXPECT_EQ(ev.commStr(), "ab");
 
   EXPECT_FALSE(decodeEvent(bytesOf(rawEvent(9, AF_INET)), ev));
-  EXPECT_FALSE(decodeEvent(bytesOf(rawEvent(CW_EV_ACTIVE_CLOSED, AF_UNIX)), ev));
+  EXPECT_FALSE(decodeEvent(bytesOf(rawEvent(CW_EV_ACTIVE_ESTABLISHED, AF_UNIX)), ev));
   const auto buf = bytesOf(v6);
   EXPECT_FALSE(decodeEvent(std::span(buf.data(), sizeof(cw_event) - 1), ev));
   expectSameEvent(ev, *decodeEvent(bytesOf(v4)));
+
+  // A close (its head only) leaves nothing of the owner or ends before it.
+  cw_close_event c{};
+  c.ts_ns = 14;
+  c.sock_id = 15;
+  c.kind = CW_EV_ACTIVE_CLOSED;
+  ASSERT_TRUE(decodeEvent(closeRecord(c), ev));
+  ConnEvent want;
+  want.kind = EventKind::ActiveClosed;
+  want.ts_ns = 14;
+  want.sock_id = 15;
+  expectSameEvent(ev, want);
 }
 
 TEST(VerdictTest, Names) {
