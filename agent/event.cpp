@@ -119,9 +119,10 @@ bool decodeEvent(std::span<const uint8_t> raw, ConnEvent& out) {
   const auto kind = fieldAt<uint8_t>(r, offsetof(cw_event, kind));
   if (kind < CW_EV_ACTIVE_ESTABLISHED || kind > CW_EV_ACTIVE_CLOSED) return false;
   const bool close = kind == CW_EV_ACTIVE_CLOSED;
+  const bool accept = kind == CW_EV_PASSIVE_ESTABLISHED;
   const auto family = fieldAt<uint16_t>(r, offsetof(cw_event, family));
   if (!close) {
-    if (raw.size() < sizeof(cw_event)) return false;
+    if (raw.size() < (accept ? sizeof(cw_accept_event) : sizeof(cw_event))) return false;
     if (family != AF_INET && family != AF_INET6) return false;
   }
 
@@ -132,9 +133,17 @@ bool decodeEvent(std::span<const uint8_t> raw, ConnEvent& out) {
   out.bytes_received = fieldAt<uint64_t>(r, offsetof(cw_event, bytes_received));
   out.netns = fieldAt<uint32_t>(r, offsetof(cw_event, netns));
   if (close) {
+    out.src = out.dst = Endpoint{};
+  } else {
+    const bool v4 = family == AF_INET;
+    addressAt(r, offsetof(cw_event, saddr), v4, out.src.addr);
+    addressAt(r, offsetof(cw_event, daddr), v4, out.dst.addr);
+    out.src.port = fieldAt<uint16_t>(r, offsetof(cw_event, sport));
+    out.dst.port = fieldAt<uint16_t>(r, offsetof(cw_event, dport));
+  }
+  if (close || accept) {
     out.cgroup_id = 0;
     out.pid = out.uid = out.gid = 0;
-    out.src = out.dst = Endpoint{};
     out.comm.fill(0);
     return true;
   }
@@ -142,11 +151,6 @@ bool decodeEvent(std::span<const uint8_t> raw, ConnEvent& out) {
   out.pid = fieldAt<uint32_t>(r, offsetof(cw_event, pid));
   out.uid = fieldAt<uint32_t>(r, offsetof(cw_event, uid));
   out.gid = fieldAt<uint32_t>(r, offsetof(cw_event, gid));
-  const bool v4 = family == AF_INET;
-  addressAt(r, offsetof(cw_event, saddr), v4, out.src.addr);
-  addressAt(r, offsetof(cw_event, daddr), v4, out.dst.addr);
-  out.src.port = fieldAt<uint16_t>(r, offsetof(cw_event, sport));
-  out.dst.port = fieldAt<uint16_t>(r, offsetof(cw_event, dport));
   std::memcpy(out.comm.data(), r + offsetof(cw_event, comm), CW_COMM_LEN);
   return true;
 }

@@ -18,20 +18,34 @@ namespace cw {
 
 static_assert(sizeof(cw_event) == 104, "cw_event layout changed: update agent and BPF together");
 static_assert(sizeof(cw_close_event) == 32, "cw_close_event layout changed");
+static_assert(sizeof(cw_accept_event) == 72, "cw_accept_event layout changed");
 static_assert(offsetof(cw_event, ts_ns) == 0);
 static_assert(offsetof(cw_event, netns) == 24);
-static_assert(offsetof(cw_event, saddr) == 52);
-static_assert(offsetof(cw_event, sport) == 84);
+static_assert(offsetof(cw_event, saddr) == 32);
+static_assert(offsetof(cw_event, sport) == 64);
+static_assert(offsetof(cw_event, cgroup_id) == 72);
 static_assert(offsetof(cw_event, comm) == 88);
-// A close record is a full record's first 32 bytes.
-static_assert(offsetof(cw_close_event, ts_ns) == offsetof(cw_event, ts_ns));
-static_assert(offsetof(cw_close_event, sock_id) == offsetof(cw_event, sock_id));
-static_assert(offsetof(cw_close_event, bytes_received) == offsetof(cw_event, bytes_received));
-static_assert(offsetof(cw_close_event, netns) == offsetof(cw_event, netns));
-static_assert(offsetof(cw_close_event, kind) == offsetof(cw_event, kind));
-static_assert(offsetof(cw_close_event, flags) == offsetof(cw_event, flags));
-static_assert(offsetof(cw_close_event, family) == offsetof(cw_event, family));
-static_assert(offsetof(cw_event, cgroup_id) == sizeof(cw_close_event));
+// Each shorter record is a prefix of a full one.
+#define CW_SAME_OFFSET(shorter, field) \
+  static_assert(offsetof(shorter, field) == offsetof(cw_event, field), #shorter "." #field)
+CW_SAME_OFFSET(cw_close_event, ts_ns);
+CW_SAME_OFFSET(cw_close_event, sock_id);
+CW_SAME_OFFSET(cw_close_event, bytes_received);
+CW_SAME_OFFSET(cw_close_event, netns);
+CW_SAME_OFFSET(cw_close_event, kind);
+CW_SAME_OFFSET(cw_close_event, flags);
+CW_SAME_OFFSET(cw_close_event, family);
+CW_SAME_OFFSET(cw_accept_event, ts_ns);
+CW_SAME_OFFSET(cw_accept_event, sock_id);
+CW_SAME_OFFSET(cw_accept_event, netns);
+CW_SAME_OFFSET(cw_accept_event, kind);
+CW_SAME_OFFSET(cw_accept_event, flags);
+CW_SAME_OFFSET(cw_accept_event, family);
+CW_SAME_OFFSET(cw_accept_event, saddr);
+CW_SAME_OFFSET(cw_accept_event, daddr);
+CW_SAME_OFFSET(cw_accept_event, sport);
+CW_SAME_OFFSET(cw_accept_event, dport);
+#undef CW_SAME_OFFSET
 
 // An IP address in IPv6 form: IPv4 addresses are stored v4-mapped
 // (::ffff:a.b.c.d), so an AF_INET socket and a dual-stack AF_INET6 socket
@@ -109,8 +123,9 @@ struct ConnEvent {
 
 // Decodes one ring-buffer record; nullopt if it is too short or of an
 // unknown kind (never trusts the kernel side blindly). A close record is a
-// cw_close_event (the longer cw_event is read as one too): its owner fields,
-// ends and comm decode as zero.
+// cw_close_event (its owner fields, ends and comm decode as zero), an accept
+// a cw_accept_event (its owner fields and comm decode as zero); a longer
+// record is read as the shorter one of its kind.
 std::optional<ConnEvent> decodeEvent(std::span<const uint8_t> raw);
 // The same into `out` (every field written); false, and `out` unchanged, for
 // a record the other form gives nullopt for. The agent's form: no event is

@@ -166,8 +166,8 @@ void BM_CorrelatorGatewayMix(benchmark::State& state) {
 BENCHMARK(BM_CorrelatorGatewayMix);
 
 // The ring-buffer records the probe ships for a stream, as the kernel side
-// writes them (bpf/capture.h): a close as a cw_close_event, the others as
-// a cw_event.
+// writes them (bpf/capture.h): a close as a cw_close_event, an accept as a
+// cw_accept_event, the others as a cw_event.
 std::vector<std::vector<uint8_t>> rawRecords(const Stream& s) {
   std::vector<std::vector<uint8_t>> out;
   for (const auto& ev : s.events) {
@@ -189,7 +189,9 @@ std::vector<std::vector<uint8_t>> rawRecords(const Stream& s) {
     e.flags = ev.flags;
     std::memcpy(e.comm, ev.comm.data(), CW_COMM_LEN);
     if (ev.kind == EventKind::ActiveClosed) e.family = 0;
-    std::vector<uint8_t> raw(ev.kind == EventKind::ActiveClosed ? sizeof(cw_close_event) : sizeof e);
+    std::vector<uint8_t> raw(ev.kind == EventKind::ActiveClosed         ? sizeof(cw_close_event)
+                             : ev.kind == EventKind::PassiveEstablished ? sizeof(cw_accept_event)
+                                                                        : sizeof e);
     std::memcpy(raw.data(), &e, raw.size());
     out.push_back(std::move(raw));
   }

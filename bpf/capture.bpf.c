@@ -183,11 +183,20 @@ static __always_inline bool netns_watched(__u32 netns)
 	return bpf_map_lookup_elem(&watched_netns, &netns) != NULL;
 }
 
-static __always_inline void fill_addrs(struct cw_event *e, const struct sock *sk)
+/* A record's ends (at the same offsets in struct cw_accept_event and
+ * struct cw_event). */
+_Static_assert(__builtin_offsetof(struct cw_accept_event, saddr) ==
+		       __builtin_offsetof(struct cw_event, saddr) &&
+		       __builtin_offsetof(struct cw_accept_event, dport) ==
+			       __builtin_offsetof(struct cw_event, dport),
+	       "a full record starts with an accept record");
+static __always_inline void fill_ends(struct cw_accept_event *e, const struct sock *sk)
 {
 	__u16 family = sk->__sk_common.skc_family;
 
 	e->family = family;
+	__builtin_memset(e->saddr, 0, CW_ADDR_LEN);
+	__builtin_memset(e->daddr, 0, CW_ADDR_LEN);
 	if (family == AF_INET) {
 		__u32 s4 = sk->__sk_common.skc_rcv_saddr;
 		__u32 d4 = sk->__sk_common.skc_daddr;
@@ -475,36 +484,44 @@ static __always_inline void *reserve(__u32 size, __u8 kind)
 	return e;
 }
 
-/* Fill and submit one full record (every kind but a close). */
-static __always_inline bool emit(const struct sock *sk, __u8 kind, __u32 netns,
-				 const struct owner *o, __u8 flags)
+/* Fill and submit an app socket's established or failed record. */
+static __always_inline void emit(const struct sock *sk, __u8 kind, const struct owner *o,
+				 __u8 flags)
 {
 	struct cw_event *e = reserve(sizeof(*e), kind);
+	if (!e)
+		return;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->sock_id = (__u64)sk;
+	e->bytes_received = 0;
+	e->netns = o->netns;
+	e->kind = kind;
+	e->flags = o->flags | CW_F_OWNER_KNOWN | flags;
+	fill_ends((struct cw_accept_event *)e, sk);
+	e->pid = o->pid;
+	e->cgroup_id = o->cgroup_id;
+	e->uid = o->uid;
+	e->gid = o->gid;
+	__builtin_memcpy(e->comm, o->comm, CW_COMM_LEN);
+	count(CW_CNT_EVENTS);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Fill and submit the sidecar's accept of sk: the head and the ends, no
+ * owner (capture.h). */
+static __always_inline bool emit_accept(const struct sock *sk, __u32 netns)
+{
+	struct cw_accept_event *e = reserve(sizeof(*e), CW_EV_PASSIVE_ESTABLISHED);
 	if (!e)
 		return false;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->sock_id = (__u64)sk;
 	e->bytes_received = 0;
 	e->netns = netns;
-	e->kind = kind;
-	if (o) {
-		e->cgroup_id = o->cgroup_id;
-		e->pid = o->pid;
-		e->uid = o->uid;
-		e->gid = o->gid;
-		e->flags = o->flags | CW_F_OWNER_KNOWN | flags;
-		__builtin_memcpy(e->comm, o->comm, CW_COMM_LEN);
-	} else {
-		e->cgroup_id = 0;
-		e->pid = 0;
-		e->uid = 0;
-		e->gid = 0;
-		e->flags = flags;
-		__builtin_memset(e->comm, 0, CW_COMM_LEN);
-	}
-	__builtin_memset(e->saddr, 0, CW_ADDR_LEN);
-	__builtin_memset(e->daddr, 0, CW_ADDR_LEN);
-	fill_addrs(e, sk);
+	e->kind = CW_EV_PASSIVE_ESTABLISHED;
+	e->flags = 0;
+	fill_ends(e, sk);
+	e->_pad = 0;
 	count(CW_CNT_EVENTS);
 	bpf_ringbuf_submit(e, 0);
 	return true;
@@ -647,7 +664,7 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		if (sk->__sk_common.skc_num != redirect_port)
 			return 0;
 		__u32 netns = sk_netns(sk);
-		if (netns_watched(netns) && emit(sk, CW_EV_PASSIVE_ESTABLISHED, netns, NULL, 0))
+		if (netns_watched(netns) && emit_accept(sk, netns))
 			join_accept(sk, netns);
 		return 0;
 	}
@@ -666,12 +683,11 @@ int BPF_PROG(cw_set_state, const struct sock *sk, const int oldstate, const int 
 		return 0; /* not an app socket of a watched netns */
 
 	if (oldstate == TCP_SYN_SENT && newstate == TCP_ESTABLISHED) {
-		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o->netns, o, 0);
+		emit(sk, CW_EV_ACTIVE_ESTABLISHED, o, 0);
 		if (!(o->flags & CW_F_PROXY_OWNER))
 			remember_established(sk, o->netns);
 	} else if (oldstate == TCP_SYN_SENT && newstate == TCP_CLOSE) {
-		emit(sk, CW_EV_ACTIVE_FAILED, o->netns, o,
-		     (tags & CW_KEY_RESET) ? CW_F_RESET_RECEIVED : 0);
+		emit(sk, CW_EV_ACTIVE_FAILED, o, (tags & CW_KEY_RESET) ? CW_F_RESET_RECEIVED : 0);
 		free_owner(slot);
 	} else if (newstate == TCP_CLOSE) {
 		if (tags & CW_KEY_QUIET) {

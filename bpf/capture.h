@@ -43,11 +43,14 @@ enum cw_event_kind {
                                   * this socket's connection was sent, so its close is not
                                   * (kept as a tag of the socket's key in the owner table) */
 
-/* Every record starts with the same 32 bytes (struct cw_close_event); a
- * close record is only those (40 bytes in the ring with its header instead
- * of 112: a bypassed connection's two records write one cache line less,
- * README Performance). The agent tells the two by kind; the timestamp comes
- * first in both (the agent orders records by it). */
+/* Every record starts with the same 32 bytes (struct cw_close_event), and
+ * each kind sends only the prefix of struct cw_event it needs: a close only
+ * the head (40 bytes in the ring with its header instead of 112), the
+ * sidecar's accept the head and the socket's ends (struct cw_accept_event,
+ * 80 bytes), an app socket's established or failed record the whole of
+ * struct cw_event. Ring memory is cold when a record is written, so each
+ * cache line less is a miss less (README Performance). The agent tells
+ * them by kind; the timestamp comes first in all (it orders records by it). */
 struct cw_close_event {
 	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */
 	__u64 sock_id;        /* kernel address of struct sock: opaque identity while open */
@@ -59,8 +62,25 @@ struct cw_close_event {
 	__u16 family;         /* AF_INET (2) or AF_INET6 (10); 0 in a close record */
 };
 
-/* Records of every kind but CW_EV_ACTIVE_CLOSED: the same first 32 bytes,
- * then the owner and the socket's ends. */
+/* The sidecar's accept (CW_EV_PASSIVE_ESTABLISHED): the head, then the
+ * socket's ends, as in struct cw_event. */
+struct cw_accept_event {
+	__u64 ts_ns;
+	__u64 sock_id;
+	__u64 bytes_received;
+	__u32 netns;
+	__u8 kind;
+	__u8 flags;
+	__u16 family;
+	__u8 saddr[CW_ADDR_LEN]; /* local address, network byte order; AF_INET: first 4 bytes */
+	__u8 daddr[CW_ADDR_LEN]; /* remote address, network byte order; AF_INET: first 4 bytes */
+	__u16 sport;          /* local port, host byte order */
+	__u16 dport;          /* remote port, host byte order */
+	__u32 _pad;           /* struct cw_event's pid */
+};
+
+/* An app socket's established or failed record: the head, the ends, then
+ * its owner. */
 struct cw_event {
 	__u64 ts_ns;
 	__u64 sock_id;
@@ -69,14 +89,14 @@ struct cw_event {
 	__u8 kind;
 	__u8 flags;
 	__u16 family;
-	__u64 cgroup_id;      /* cgroup v2 id of the connecting task (0 if unknown) */
+	__u8 saddr[CW_ADDR_LEN];
+	__u8 daddr[CW_ADDR_LEN];
+	__u16 sport;
+	__u16 dport;
 	__u32 pid;            /* tgid of the connecting task (0 if unknown) */
+	__u64 cgroup_id;      /* cgroup v2 id of the connecting task (0 if unknown) */
 	__u32 uid;            /* real uid of the connecting task */
 	__u32 gid;            /* real gid of the connecting task */
-	__u8 saddr[CW_ADDR_LEN]; /* local address, network byte order; AF_INET: first 4 bytes */
-	__u8 daddr[CW_ADDR_LEN]; /* remote address, network byte order; AF_INET: first 4 bytes */
-	__u16 sport;          /* local port, host byte order */
-	__u16 dport;          /* remote port, host byte order */
 	char comm[CW_COMM_LEN]; /* task comm at connect(), NUL-terminated */
 };
 

@@ -60,6 +60,18 @@ int countKind(const std::vector<ConnEvent>& evs, EventKind kind) {
 }
 
 // A probe watching ns (as target 1), its records going to rec.
+// Each kind is sent as the prefix of cw_event it needs (capture.h).
+void expectRecordSizes(const Recorder& rec) {
+  ASSERT_EQ(rec.sizes.size(), rec.events.size());
+  for (size_t i = 0; i < rec.events.size(); ++i) {
+    const EventKind kind = rec.events[i].kind;
+    const size_t want = kind == EventKind::ActiveClosed         ? sizeof(cw_close_event)
+                        : kind == EventKind::PassiveEstablished ? sizeof(cw_accept_event)
+                                                                : sizeof(cw_event);
+    EXPECT_EQ(rec.sizes[i], want) << "record " << i << " of kind " << static_cast<int>(kind);
+  }
+}
+
 std::unique_ptr<Probe> openWatching(const ScopedNetns& ns, Recorder& rec,
                                     const ProbeOptions& opts = ProbeOptions{}) {
   auto probe = Probe::open(opts, rec.handler());
@@ -110,11 +122,7 @@ TEST_F(ProbeTest, UnwatchedNetnsProducesNoEvent) {
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 5);
   EXPECT_EQ(countKind(rec.events, EventKind::ActiveClosed), 5);
   EXPECT_EQ(rec.malformed, 0);
-  // A close is sent as the records' head alone (capture.h), the others whole.
-  for (size_t i = 0; i < rec.events.size(); ++i) {
-    EXPECT_EQ(rec.sizes[i], rec.events[i].kind == EventKind::ActiveClosed ? sizeof(cw_close_event)
-                                                                          : sizeof(cw_event));
-  }
+  expectRecordSizes(rec);
 }
 
 TEST_F(ProbeTest, RecordsCarryOwnerAddressesAndTheRedirectPortAccept) {
@@ -132,6 +140,7 @@ TEST_F(ProbeTest, RecordsCarryOwnerAddressesAndTheRedirectPortAccept) {
 
     ASSERT_EQ(countKind(rec.events, EventKind::ActiveEstablished), 3);
     ASSERT_EQ(countKind(rec.events, EventKind::PassiveEstablished), 3);
+    expectRecordSizes(rec);
     const Address loop = *Address::parse(v6 ? "::1" : "127.0.0.1");
     for (const auto& e : rec.events) {
       // A close record (sent if an accept was not matched to its app

@@ -267,6 +267,37 @@ TEST(DecodeEventTest, DecodesACloseRecordFromItsHead) {
   EXPECT_EQ(from_full->commStr(), "");
 }
 
+// The kernel sends the sidecar's accept as the head and the ends.
+TEST(DecodeEventTest, DecodesAnAcceptRecordWithoutOwner) {
+  cw_event full = rawEvent(CW_EV_PASSIVE_ESTABLISHED, AF_INET);
+  const uint8_t local[4] = {127, 0, 0, 1};
+  const uint8_t peer[4] = {198, 18, 0, 2};
+  std::memcpy(full.saddr, local, 4);
+  std::memcpy(full.daddr, peer, 4);
+  full.sport = 15001;
+  cw_accept_event a;
+  std::memcpy(&a, &full, sizeof a);
+  a._pad = 0;
+  std::vector<uint8_t> buf(sizeof a);
+  std::memcpy(buf.data(), &a, sizeof a);
+  const auto ev = decodeEvent(buf);
+  ASSERT_TRUE(ev.has_value());
+  EXPECT_EQ(ev->kind, EventKind::PassiveEstablished);
+  EXPECT_EQ(ev->sock_id, full.sock_id);
+  EXPECT_EQ(ev->netns, full.netns);
+  EXPECT_EQ(ev->src.str(), "127.0.0.1:15001");
+  EXPECT_EQ(ev->dst.str(), "198.18.0.2:8080");
+  EXPECT_EQ(ev->pid, 0U);
+  EXPECT_EQ(ev->cgroup_id, 0U);
+  EXPECT_EQ(ev->commStr(), "");
+  EXPECT_FALSE(decodeEvent(std::span(buf.data(), sizeof a - 1)).has_value());
+  // The whole cw_event of an accept reads the same: its owner is not read.
+  const auto from_full = decodeEvent(bytesOf(full));
+  ASSERT_TRUE(from_full.has_value());
+  EXPECT_EQ(from_full->dst, ev->dst);
+  EXPECT_EQ(from_full->pid, 0U);
+}
+
 // The agent decodes every record into one event: each decode must write
 // every field (nothing of the record before may show through), and a
 // rejected record must leave the event as it was.
@@ -302,7 +333,7 @@ TEST(DecodeEventTest, DecodingIntoAReusedEventOverwritesEveryField) {
 
   EXPECT_FALSE(decodeEvent(bytesOf(rawEvent(9, AF_INET)), ev));
   EXPECT_FALSE(decodeEvent(bytesOf(rawEvent(CW_EV_ACTIVE_ESTABLISHED, AF_UNIX)), ev));
-  const auto buf = bytesOf(v6);
+  const auto buf = bytesOf(v4);  // a failed record is sent whole
   EXPECT_FALSE(decodeEvent(std::span(buf.data(), sizeof(cw_event) - 1), ev));
   expectSameEvent(ev, *decodeEvent(bytesOf(v4)));
 
