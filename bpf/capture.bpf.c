@@ -484,65 +484,64 @@ static __always_inline void *reserve(__u32 size, __u8 kind)
 	return e;
 }
 
-/* Fill and submit an app socket's established or failed record. */
+/* The head every record starts with (struct cw_close_event), stamped now. */
+static __always_inline void fill_head(void *record, const struct sock *sk, __u32 netns, __u8 kind,
+				      __u8 flags, __u64 bytes_received)
+{
+	struct cw_close_event *h = record;
+	h->ts_ns = bpf_ktime_get_ns();
+	h->sock_id = (__u64)sk;
+	h->bytes_received = bytes_received;
+	h->netns = netns;
+	h->kind = kind;
+	h->flags = flags;
+	h->family = 0; /* fill_ends sets it in a record that has ends */
+}
+
+static __always_inline void submit(void *record)
+{
+	count(CW_CNT_EVENTS);
+	bpf_ringbuf_submit(record, 0);
+}
+
+/* An app socket's established or failed record. */
 static __always_inline void emit(const struct sock *sk, __u8 kind, const struct owner *o,
 				 __u8 flags)
 {
 	struct cw_event *e = reserve(sizeof(*e), kind);
 	if (!e)
 		return;
-	e->ts_ns = bpf_ktime_get_ns();
-	e->sock_id = (__u64)sk;
-	e->bytes_received = 0;
-	e->netns = o->netns;
-	e->kind = kind;
-	e->flags = o->flags | CW_F_OWNER_KNOWN | flags;
+	fill_head(e, sk, o->netns, kind, o->flags | CW_F_OWNER_KNOWN | flags, 0);
 	fill_ends((struct cw_accept_event *)e, sk);
 	e->pid = o->pid;
 	e->cgroup_id = o->cgroup_id;
 	e->uid = o->uid;
 	e->gid = o->gid;
 	__builtin_memcpy(e->comm, o->comm, CW_COMM_LEN);
-	count(CW_CNT_EVENTS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
-/* Fill and submit the sidecar's accept of sk: the head and the ends, no
- * owner (capture.h). */
+/* The sidecar's accept of sk: the head and the ends, no owner (capture.h). */
 static __always_inline bool emit_accept(const struct sock *sk, __u32 netns)
 {
 	struct cw_accept_event *e = reserve(sizeof(*e), CW_EV_PASSIVE_ESTABLISHED);
 	if (!e)
 		return false;
-	e->ts_ns = bpf_ktime_get_ns();
-	e->sock_id = (__u64)sk;
-	e->bytes_received = 0;
-	e->netns = netns;
-	e->kind = CW_EV_PASSIVE_ESTABLISHED;
-	e->flags = 0;
+	fill_head(e, sk, netns, CW_EV_PASSIVE_ESTABLISHED, 0, 0);
 	fill_ends(e, sk);
 	e->_pad = 0;
-	count(CW_CNT_EVENTS);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return true;
 }
 
-/* Fill and submit a close record: the socket, its flags and bytes, nothing
- * of its owner or ends (capture.h). */
+/* A close record: the head alone, netns 0 (capture.h). */
 static __always_inline void emit_close(const struct sock *sk, __u64 bytes_received, __u8 flags)
 {
 	struct cw_close_event *e = reserve(sizeof(*e), CW_EV_ACTIVE_CLOSED);
-	if (!e)
-		return;
-	e->ts_ns = bpf_ktime_get_ns();
-	e->sock_id = (__u64)sk;
-	e->bytes_received = bytes_received;
-	e->netns = 0;
-	e->kind = CW_EV_ACTIVE_CLOSED;
-	e->flags = flags;
-	e->family = 0;
-	count(CW_CNT_EVENTS);
-	bpf_ringbuf_submit(e, 0);
+	if (e) {
+		fill_head(e, sk, 0, CW_EV_ACTIVE_CLOSED, flags, bytes_received);
+		submit(e);
+	}
 }
 
 /* A socket's local (local=true) or remote end, as the join sees it: IPv4 as
