@@ -286,7 +286,7 @@ void Agent::flushDecisions() {
       metrics_.observeVerdictLatency(static_cast<double>(now - d.conn.established_ns) / 1e9);
     }
     if (d.conn.verdict == Verdict::Bypassed && explainer_) {
-      reporter_.report(d, explainer_(d.conn));
+      reporter_.report(d, explainer_(d.conn, now));
     } else {
       reporter_.report(d);
     }
@@ -368,11 +368,12 @@ void Agent::run(const std::atomic<bool>& stop,
   // two-core node, waking every 5 ms left the storm's CPUs idle ~8% of the
   // time (scheduler churn), 20 ms 1.4% (bench, README Performance).
   const auto batch = std::chrono::microseconds(std::min<uint64_t>(options_.grace_ns / 10'000, 20'000));
-  // Except in a burst: a read that returned an eighth of the ring's
-  // capacity, or left records in a ring (its share of the read budget
-  // taken), is followed by the next at once, so a burst (a pod opening
-  // 100,000 connections at once) is read as it comes instead of
-  // overflowing the ring while the agent waits.
+  // Except in a burst: a read that returned as many records as an eighth
+  // of the ring holds of its largest (the others are smaller), or left
+  // records in a ring (its share of the read budget taken), is followed by
+  // the next at once, so a burst (a pod opening 100,000 connections at
+  // once) is read as it comes instead of overflowing the ring while the
+  // agent waits.
   const int burst_records =
       static_cast<int>(std::max<uint64_t>(64, options_.probe.ring_buffer_bytes / sizeof(cw_event) / 8));
 

@@ -40,9 +40,11 @@ struct AgentOptions {
 
 class Agent {
  public:
-  // Explains a bypassed connection (reason, deciding rule, remedy).
-  // Returns a reference valid until the next call (CaptureExplainer::explain).
-  using Explainer = std::function<const Why&(const Connection&)>;
+  // Explains a bypassed connection (reason, deciding rule, remedy) at now_ns
+  // (CLOCK_MONOTONIC: the time of the batch of verdicts it belongs to, read
+  // once for the batch). Returns a reference valid until the next call
+  // (CaptureExplainer::explain).
+  using Explainer = std::function<const Why&(const Connection&, uint64_t now_ns)>;
 
   // Binds the metrics address, then loads and attaches the BPF programs.
   // Throws HttpError or ProbeError with a message for the user.
