@@ -50,49 +50,42 @@ enum cw_event_kind {
  * 80 bytes), an app socket's established or failed record the whole of
  * struct cw_event. Ring memory is cold when a record is written, so each
  * cache line less is a miss less (README Performance). The agent tells
- * them by kind; the timestamp comes first in all (it orders records by it). */
+ * them by kind; the timestamp comes first in all (it orders records by it).
+ * CW_RECORD_HEAD is the head's fields, CW_RECORD_ENDS the ends'. */
+#define CW_RECORD_HEAD                                                                     \
+	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */       \
+	__u64 sock_id;        /* kernel address of struct sock: opaque identity while open */ \
+	__u64 bytes_received; /* CLOSED only: tcp_sock.bytes_received (the peer's FIN     \
+	                       * counts as one) if any data segment came, else 0 */         \
+	__u32 netns;          /* network namespace inode number (0 in a close record) */   \
+	__u8 kind;            /* enum cw_event_kind */                                     \
+	__u8 flags;           /* CW_F_* */                                                 \
+	__u16 family          /* AF_INET (2) or AF_INET6 (10); 0 in a close record */
+
+/* A socket's two ends, after the head in an accept and in a full record. */
+#define CW_RECORD_ENDS                                                                     \
+	__u8 saddr[CW_ADDR_LEN]; /* local address, network byte order; AF_INET: first 4 bytes */ \
+	__u8 daddr[CW_ADDR_LEN]; /* remote address, network byte order; AF_INET: first 4 bytes */ \
+	__u16 sport;          /* local port, host byte order */                            \
+	__u16 dport           /* remote port, host byte order */
+
+/* A close (CW_EV_ACTIVE_CLOSED): the head alone. */
 struct cw_close_event {
-	__u64 ts_ns;          /* bpf_ktime_get_ns(): CLOCK_MONOTONIC, nanoseconds */
-	__u64 sock_id;        /* kernel address of struct sock: opaque identity while open */
-	__u64 bytes_received; /* CLOSED only: tcp_sock.bytes_received (the peer's FIN counts
-	                       * as one) if any data segment came, else 0 */
-	__u32 netns;          /* network namespace inode number (0 in a close record) */
-	__u8 kind;            /* enum cw_event_kind */
-	__u8 flags;           /* CW_F_* */
-	__u16 family;         /* AF_INET (2) or AF_INET6 (10); 0 in a close record */
+	CW_RECORD_HEAD;
 };
 
-/* The sidecar's accept (CW_EV_PASSIVE_ESTABLISHED): the head, then the
- * socket's ends, as in struct cw_event. */
+/* The sidecar's accept (CW_EV_PASSIVE_ESTABLISHED): the head and the ends. */
 struct cw_accept_event {
-	__u64 ts_ns;
-	__u64 sock_id;
-	__u64 bytes_received;
-	__u32 netns;
-	__u8 kind;
-	__u8 flags;
-	__u16 family;
-	__u8 saddr[CW_ADDR_LEN]; /* local address, network byte order; AF_INET: first 4 bytes */
-	__u8 daddr[CW_ADDR_LEN]; /* remote address, network byte order; AF_INET: first 4 bytes */
-	__u16 sport;          /* local port, host byte order */
-	__u16 dport;          /* remote port, host byte order */
-	__u32 _pad;           /* struct cw_event's pid */
+	CW_RECORD_HEAD;
+	CW_RECORD_ENDS;
+	__u32 _pad; /* struct cw_event's pid */
 };
 
 /* An app socket's established or failed record: the head, the ends, then
  * its owner. */
 struct cw_event {
-	__u64 ts_ns;
-	__u64 sock_id;
-	__u64 bytes_received;
-	__u32 netns;
-	__u8 kind;
-	__u8 flags;
-	__u16 family;
-	__u8 saddr[CW_ADDR_LEN];
-	__u8 daddr[CW_ADDR_LEN];
-	__u16 sport;
-	__u16 dport;
+	CW_RECORD_HEAD;
+	CW_RECORD_ENDS;
 	__u32 pid;            /* tgid of the connecting task (0 if unknown) */
 	__u64 cgroup_id;      /* cgroup v2 id of the connecting task (0 if unknown) */
 	__u32 uid;            /* real uid of the connecting task */

@@ -2,7 +2,9 @@
 
 #include <sys/socket.h>
 
+#include <array>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -126,12 +128,15 @@ std::vector<uint8_t> bytesOf(const cw_event& e, size_t offset = 0) {
   return out;
 }
 
+// Sets a record's IPv4 ends (network byte order, as the kernel writes them).
+void setV4Ends(cw_event& e, std::array<uint8_t, 4> src, std::array<uint8_t, 4> dst) {
+  std::memcpy(e.saddr, src.data(), 4);
+  std::memcpy(e.daddr, dst.data(), 4);
+}
+
 TEST(DecodeEventTest, DecodesIpv4) {
   cw_event e = rawEvent(CW_EV_ACTIVE_FAILED, AF_INET);
-  const uint8_t s[4] = {198, 18, 0, 2};
-  const uint8_t d[4] = {198, 19, 0, 1};
-  std::memcpy(e.saddr, s, 4);
-  std::memcpy(e.daddr, d, 4);
+  setV4Ends(e, {198, 18, 0, 2}, {198, 19, 0, 1});
   std::memset(e.saddr + 4, 0xaa, 12);  // bytes past an IPv4 address are ignored
   const auto buf = bytesOf(e);
   const auto ev = decodeEvent(buf);
@@ -217,19 +222,11 @@ TEST(DecodeEventTest, CommWithoutTerminatorStaysInBounds) {
 }
 
 void expectSameEvent(const ConnEvent& a, const ConnEvent& b) {
-  EXPECT_EQ(a.kind, b.kind);
-  EXPECT_EQ(a.flags, b.flags);
-  EXPECT_EQ(a.ts_ns, b.ts_ns);
-  EXPECT_EQ(a.sock_id, b.sock_id);
-  EXPECT_EQ(a.cgroup_id, b.cgroup_id);
-  EXPECT_EQ(a.bytes_received, b.bytes_received);
-  EXPECT_EQ(a.netns, b.netns);
-  EXPECT_EQ(a.pid, b.pid);
-  EXPECT_EQ(a.uid, b.uid);
-  EXPECT_EQ(a.gid, b.gid);
-  EXPECT_EQ(a.src, b.src);
-  EXPECT_EQ(a.dst, b.dst);
-  EXPECT_EQ(a.comm, b.comm);
+  const auto fields = [](const ConnEvent& e) {
+    return std::tie(e.kind, e.flags, e.ts_ns, e.sock_id, e.cgroup_id, e.bytes_received, e.netns,
+                    e.pid, e.uid, e.gid, e.src, e.dst, e.comm);
+  };
+  EXPECT_TRUE(fields(a) == fields(b)) << a.src.str() << " " << a.dst.str() << " " << a.commStr();
 }
 
 std::vector<uint8_t> closeRecord(const cw_close_event& c) {
@@ -270,10 +267,7 @@ TEST(DecodeEventTest, DecodesACloseRecordFromItsHead) {
 // The kernel sends the sidecar's accept as the head and the ends.
 TEST(DecodeEventTest, DecodesAnAcceptRecordWithoutOwner) {
   cw_event full = rawEvent(CW_EV_PASSIVE_ESTABLISHED, AF_INET);
-  const uint8_t local[4] = {127, 0, 0, 1};
-  const uint8_t peer[4] = {198, 18, 0, 2};
-  std::memcpy(full.saddr, local, 4);
-  std::memcpy(full.daddr, peer, 4);
+  setV4Ends(full, {127, 0, 0, 1}, {198, 18, 0, 2});
   full.sport = 15001;
   cw_accept_event a;
   std::memcpy(&a, &full, sizeof a);
@@ -306,20 +300,16 @@ TEST(DecodeEventTest, DecodingIntoAReusedEventOverwritesEveryField) {
   std::memset(v6.saddr, 0x20, 16);
   std::memset(v6.daddr, 0x30, 16);
   std::memset(v6.comm, 'y', CW_COMM_LEN);
-  cw_event v4{};
+  // Every field differs from v6's as decoded (an accept: no owner).
+  cw_event v4 = rawEvent(CW_EV_ACTIVE_FAILED, AF_INET);
   v4.ts_ns = 5;
   v4.sock_id = 6;
-  v4.cgroup_id = 7;
+  v4.bytes_received = 0;
   v4.netns = 8;
-  v4.pid = 9;
-  v4.uid = 10;
-  v4.gid = 11;
+  v4.flags = CW_F_RESET_RECEIVED;
   v4.sport = 12;
   v4.dport = 13;
-  v4.family = AF_INET;
-  v4.kind = CW_EV_ACTIVE_FAILED;
-  const uint8_t s[4] = {198, 18, 0, 9};
-  std::memcpy(v4.saddr, s, 4);
+  setV4Ends(v4, {198, 18, 0, 9}, {0, 0, 0, 0});
   std::memcpy(v4.comm, "ab", 3);
 
   ConnEvent ev;
