@@ -118,13 +118,11 @@ bool decodeEvent(std::span<const uint8_t> raw, ConnEvent& out) {
   const uint8_t* r = raw.data();
   const auto kind = fieldAt<uint8_t>(r, offsetof(cw_event, kind));
   if (kind < CW_EV_ACTIVE_ESTABLISHED || kind > CW_EV_ACTIVE_CLOSED) return false;
+  if (raw.size() < recordSize(static_cast<EventKind>(kind))) return false;
   const bool close = kind == CW_EV_ACTIVE_CLOSED;
   const bool accept = kind == CW_EV_PASSIVE_ESTABLISHED;
   const auto family = fieldAt<uint16_t>(r, offsetof(cw_event, family));
-  if (!close) {
-    if (raw.size() < (accept ? sizeof(cw_accept_event) : sizeof(cw_event))) return false;
-    if (family != AF_INET && family != AF_INET6) return false;
-  }
+  if (!close && family != AF_INET && family != AF_INET6) return false;
 
   out.kind = static_cast<EventKind>(kind);
   out.flags = fieldAt<uint8_t>(r, offsetof(cw_event, flags));

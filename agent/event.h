@@ -121,6 +121,19 @@ struct ConnEvent {
   std::string commStr() const;
 };
 
+// The bytes the kernel sends for a record of this kind (bpf/capture.h):
+// each kind the prefix of cw_event it needs.
+constexpr size_t recordSize(EventKind kind) {
+  switch (kind) {
+    case EventKind::ActiveClosed:
+      return sizeof(cw_close_event);
+    case EventKind::PassiveEstablished:
+      return sizeof(cw_accept_event);
+    default:
+      return sizeof(cw_event);
+  }
+}
+
 // Decodes one ring-buffer record; nullopt if it is too short or of an
 // unknown kind (never trusts the kernel side blindly). A close record is a
 // cw_close_event (its owner fields, ends and comm decode as zero), an accept

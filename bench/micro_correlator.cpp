@@ -189,9 +189,7 @@ std::vector<std::vector<uint8_t>> rawRecords(const Stream& s) {
     e.flags = ev.flags;
     std::memcpy(e.comm, ev.comm.data(), CW_COMM_LEN);
     if (ev.kind == EventKind::ActiveClosed) e.family = 0;
-    std::vector<uint8_t> raw(ev.kind == EventKind::ActiveClosed         ? sizeof(cw_close_event)
-                             : ev.kind == EventKind::PassiveEstablished ? sizeof(cw_accept_event)
-                                                                        : sizeof e);
+    std::vector<uint8_t> raw(recordSize(ev.kind));
     std::memcpy(raw.data(), &e, raw.size());
     out.push_back(std::move(raw));
   }

@@ -59,19 +59,17 @@ int countKind(const std::vector<ConnEvent>& evs, EventKind kind) {
                                         [&](const ConnEvent& e) { return e.kind == kind; }));
 }
 
-// A probe watching ns (as target 1), its records going to rec.
 // Each kind is sent as the prefix of cw_event it needs (capture.h).
 void expectRecordSizes(const Recorder& rec) {
   ASSERT_EQ(rec.sizes.size(), rec.events.size());
   for (size_t i = 0; i < rec.events.size(); ++i) {
     const EventKind kind = rec.events[i].kind;
-    const size_t want = kind == EventKind::ActiveClosed         ? sizeof(cw_close_event)
-                        : kind == EventKind::PassiveEstablished ? sizeof(cw_accept_event)
-                                                                : sizeof(cw_event);
-    EXPECT_EQ(rec.sizes[i], want) << "record " << i << " of kind " << static_cast<int>(kind);
+    EXPECT_EQ(rec.sizes[i], recordSize(kind))
+        << "record " << i << " of kind " << static_cast<int>(kind);
   }
 }
 
+// A probe watching ns (as target 1), its records going to rec.
 std::unique_ptr<Probe> openWatching(const ScopedNetns& ns, Recorder& rec,
                                     const ProbeOptions& opts = ProbeOptions{}) {
   auto probe = Probe::open(opts, rec.handler());
