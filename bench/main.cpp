@@ -108,6 +108,7 @@ struct Options {
   std::vector<std::string> paths = {"captured", "bypassed", "proxy"};
   bool unwatched = true;
   bool kernel_cost = true;
+  int cost_pairs = 3;  // off/on storm pairs per path of the kernel-cost part
   bool memory = true;
   bool run_micro = true;
   std::string micro_filter;
@@ -135,6 +136,7 @@ struct Options {
                "                        after the other, each at most 1000000 (100000,1000000; 0 skips)\n"
                "  --synthetic N         connections of the synthetic correlator memory test (1000000)\n"
                "  --no-unwatched --no-memory --no-micro --no-kernel-cost   skip a part\n"
+               "  --cost-pairs N        off/on storm pairs per path measuring the cost share (3)\n"
                "  --micro-filter REGEX  --benchmark_filter for the micro-benchmarks\n"
                "  --quick               1 round of 2 s, hold 20000, synthetic 200000\n"
                "  --agent-arg ARG       extra flag for `capturewatch run` (repeatable)\n"
@@ -178,6 +180,7 @@ Options parseArgs(int argc, char** argv) {
     else if (a == "--no-unwatched") o.unwatched = false;
     else if (a == "--no-memory") o.memory = false;
     else if (a == "--no-kernel-cost") o.kernel_cost = false;
+    else if (a == "--cost-pairs") o.cost_pairs = std::stoi(need(i));
     else if (a == "--no-micro") o.run_micro = false;
     else if (a == "--micro-filter") o.micro_filter = need(i);
     else if (a == "--agent-arg") o.agent_args.push_back(need(i));
@@ -193,6 +196,7 @@ Options parseArgs(int argc, char** argv) {
     }
     else if (a == "--quick") {
       o.rounds = 1;
+      o.cost_pairs = 1;
       o.duration_s = 2;
       o.holds = {20'000};
       o.synthetic = 200'000;
@@ -209,8 +213,8 @@ Options parseArgs(int argc, char** argv) {
       usage(2);
     }
   }
-  if (o.rounds < 1 || o.rounds > 50 || o.duration_s <= 0 || o.duration_s > 60 ||
-      o.concurrency < 1 || o.concurrency > 4096 || o.synthetic > 4'000'000 ||
+  if (o.rounds < 1 || o.rounds > 50 || o.cost_pairs < 1 || o.cost_pairs > 20 || o.duration_s <= 0 ||
+      o.duration_s > 60 || o.concurrency < 1 || o.concurrency > 4096 || o.synthetic > 4'000'000 ||
       std::any_of(o.holds.begin(), o.holds.end(), [](uint64_t n) { return n > kMaxHold; })) {
     std::fprintf(stderr, "cw_bench: option out of range\n");
     usage(2);
@@ -733,6 +737,13 @@ void progress(const std::string& text) {
 
 // ---- the parts ----------------------------------------------------------------
 
+// The kernel frees a stopped agent's programs a little later: a storm with
+// the agent off measured meanwhile would still pay for them.
+void waitForAgentProgramsFreed() {
+  const auto until = Clock::now() + 5s;
+  while (foreignBpfPrograms({}) > 0 && Clock::now() < until) sleepFor(50ms);
+}
+
 // Rounds of every path with the agent off and on, alternated (off,on then
 // on,off, ...), each path's two storms back to back (an agent is started for
 // each "on" storm): the machine's drift, which moves the rate by 10-20% over
@@ -769,10 +780,7 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
                         port);
           agent->waitReady(20s);
         } else {
-          // The kernel frees a stopped agent's programs a little later: an off
-          // phase measured meanwhile would still pay for them.
-          const auto until = Clock::now() + 5s;
-          while (foreignBpfPrograms({}) > 0 && Clock::now() < until) sleepFor(50ms);
+          waitForAgentProgramsFreed();
         }
         checkInterrupted();
         const PathSpec path = pathSpec(name);
@@ -906,43 +914,90 @@ json summarize(const json& phases, const Options& o) {
   return out;
 }
 
-// What the BPF programs cost per connection, from the kernel's own
-// accounting (kernel.bpf_stats_enabled, on only for this part: it adds two
-// clock reads per run): one storm per path with the agent on.
+// What the BPF programs and the agent cost per connection, set against what
+// the machine spends on one, all in the same minute: the machine goes
+// through slower and quicker spells, in which every kernel path, the
+// programs' included, takes longer, so a share whose parts come from
+// different parts of a run reads high or low (README Performance). For each
+// path, o.cost_pairs pairs of storms back to back, in alternating order: one
+// with no agent (the machine's CPU per connection: its cores / the rate), one
+// with the agent and kernel.bpf_stats_enabled (on only for this part: it adds
+// two clock reads per run), which gives the programs' run time and the
+// agent's CPU until its verdicts are in. Each pair gives a share; the medians
+// are reported.
 json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& work_dir) {
   json j = json::object();
   SysctlWhile stats_on("/proc/sys/kernel/bpf_stats_enabled", 1);
+  const double nproc = std::max(1u, std::thread::hardware_concurrency());
   for (const auto& name : o.paths) {
     const PathSpec path = pathSpec(name);
-    const uint16_t port = freePort();
-    AgentProcess agent(o.agent, agentArgs(bp, o, port), work_dir + "/agent-kcost-" + name + ".log", port);
-    agent.waitReady(20s);
-    const auto ids = progIdsOf(agent.pid());
-    const auto before = bpfProgStats(ids);
-    const StormResult r = runStorm(bp, path, stormConfig(bp, o));
-    const auto after = bpfProgStats(ids);
-    agent.stop();
-    json p;
-    p["connections"] = r.attempted;
-    p["rate"] = r.rate();
-    double ns = 0, runs = 0;
-    json progs = json::object();
-    for (const auto& [prog, a] : after) {
-      ProgStats b;
-      if (auto it = before.find(prog); it != before.end()) b = it->second;
-      const double dns = static_cast<double>(a.run_ns - b.run_ns);
-      const double druns = static_cast<double>(a.runs - b.runs);
-      progs[prog] = {{"runs", druns}, {"ns_per_run", druns > 0 ? dns / druns : 0}};
-      ns += dns;
-      runs += druns;
+    json pairs = json::array();
+    std::vector<double> bpf, agent_ns, machine, shares, runs;
+    for (int pair = 0; pair < o.cost_pairs; ++pair) {
+      json p;
+      for (int k = 0; k < 2; ++k) {
+        if ((k == 0) == (pair % 2 == 0)) {
+          waitForAgentProgramsFreed();
+          checkInterrupted();
+          p["rate_off"] = runStorm(bp, path, stormConfig(bp, o)).rate();
+          continue;
+        }
+        const uint16_t port = freePort();
+        AgentProcess agent(o.agent, agentArgs(bp, o, port),
+                           work_dir + "/agent-kcost-" + name + "-" + std::to_string(pair) + ".log",
+                           port);
+        agent.waitReady(20s);
+        checkInterrupted();
+        const auto ids = progIdsOf(agent.pid());
+        const Snapshot before = snapshot(agent);
+        const auto stats0 = bpfProgStats(ids);
+        const StormResult r = runStorm(bp, path, stormConfig(bp, o));
+        const auto stats1 = bpfProgStats(ids);
+        const Snapshot after = settle(agent, before, static_cast<double>(r.attempted), o);
+        agent.stop();
+        double ns = 0, n = 0;
+        json progs = json::object();
+        for (const auto& [prog, a] : stats1) {
+          ProgStats b;
+          if (auto it = stats0.find(prog); it != stats0.end()) b = it->second;
+          const double dns = static_cast<double>(a.run_ns - b.run_ns);
+          const double druns = static_cast<double>(a.runs - b.runs);
+          progs[prog] = {{"runs", druns}, {"ns_per_run", druns > 0 ? dns / druns : 0}};
+          ns += dns;
+          n += druns;
+        }
+        const double conns = std::max<double>(1, static_cast<double>(r.attempted));
+        p["connections"] = r.attempted;
+        p["rate_on"] = r.rate();
+        p["programs"] = progs;
+        p["runs_per_connection"] = n / conns;
+        p["bpf_ns_per_connection"] = ns / conns;
+        p["agent_ns_per_connection"] =
+            (after.proc.sched_cpu_s - before.proc.sched_cpu_s) * 1e9 / conns;
+      }
+      const double rate_off = p["rate_off"].get<double>();
+      p["machine_ns_per_connection"] = rate_off > 0 ? nproc * 1e9 / rate_off : 0;
+      p["share"] = rate_off > 0 ? (p["bpf_ns_per_connection"].get<double>() +
+                                   p["agent_ns_per_connection"].get<double>()) /
+                                      p["machine_ns_per_connection"].get<double>()
+                                : 0;
+      bpf.push_back(p["bpf_ns_per_connection"].get<double>());
+      agent_ns.push_back(p["agent_ns_per_connection"].get<double>());
+      machine.push_back(p["machine_ns_per_connection"].get<double>());
+      shares.push_back(p["share"].get<double>());
+      runs.push_back(p["runs_per_connection"].get<double>());
+      progress("kernel cost " + name + ": " + std::to_string(static_cast<int>(bpf.back())) +
+               " ns of BPF + " + std::to_string(static_cast<int>(agent_ns.back())) +
+               " ns of agent of " + std::to_string(static_cast<int>(machine.back())) +
+               " ns per connection (" + std::to_string(shares.back() * 100).substr(0, 4) + "%)");
+      pairs.push_back(std::move(p));
     }
-    p["programs"] = progs;
-    const double conns = std::max<double>(1, static_cast<double>(r.attempted));
-    p["runs_per_connection"] = runs / conns;
-    p["bpf_ns_per_connection"] = ns / conns;
-    progress("kernel cost " + name + ": " + std::to_string(static_cast<int>(ns / conns)) + " ns of BPF per connection, " +
-             std::to_string(runs / conns).substr(0, 4) + " runs");
-    j[name] = p;
+    j[name] = {{"pairs", pairs},
+               {"runs_per_connection", median(runs)},
+               {"bpf_ns_per_connection", median(bpf)},
+               {"agent_ns_per_connection", median(agent_ns)},
+               {"machine_ns_per_connection", median(machine)},
+               {"share", median(shares)}};
   }
   return j;
 }
@@ -1203,11 +1258,18 @@ int run(const Options& o) {
   json result;
   result["machine"] = machineInfo();
   result["started"] = today();
-  result["options"] = {{"rounds", o.rounds},         {"duration_s", o.duration_s},
-                       {"threads", o.threads},       {"concurrency", o.concurrency},
-                       {"server_workers", o.server_workers}, {"grace_ms", o.grace_ms},
-                       {"paths", o.paths},           {"hold", o.holds},
-                       {"synthetic", o.synthetic},   {"agent", o.agent},  {"nice", o.nice},
+  result["options"] = {{"rounds", o.rounds},
+                       {"duration_s", o.duration_s},
+                       {"threads", o.threads},
+                       {"concurrency", o.concurrency},
+                       {"server_workers", o.server_workers},
+                       {"grace_ms", o.grace_ms},
+                       {"paths", o.paths},
+                       {"hold", o.holds},
+                       {"cost_pairs", o.cost_pairs},
+                       {"synthetic", o.synthetic},
+                       {"agent", o.agent},
+                       {"nice", o.nice},
                        {"agent_args", o.agent_args}};
 
   // The pods first, before this process has other threads (their servers

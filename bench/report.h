@@ -12,8 +12,9 @@ nlohmann::ordered_json budgets(const nlohmann::ordered_json& result, int grace_m
 // What the agent and its BPF programs cost per connection against what the
 // whole machine spends on one at the agent-off rate (nproc cores / rate):
 // at the machine's limit, the rate with the agent on is about 1 - that
-// share of the rate with it off, whatever the noise of the rates. Per path that has both the storms'
-// agent CPU and the kernel cost part; empty otherwise.
+// share of the rate with it off, whatever the noise of the rates. From the
+// kernel-cost part, whose pairs of storms measure all three in the same
+// minute (medians of the pairs); empty without it.
 nlohmann::ordered_json costShare(const nlohmann::ordered_json& result);
 
 // Prints the result as one table.
