@@ -304,6 +304,17 @@ lab::ChildProcess startServer(const lab::SpawnOptions& where, const ServerConfig
   return child;
 }
 
+// True while the process exists and has not exited (a zombie has).
+bool processAlive(pid_t pid) {
+  if (pid <= 0) return false;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  if (!std::getline(in, stat)) return false;
+  const auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z' &&
+         stat[paren + 2] != 'X';
+}
+
 // One bench pod: LabPod (netns, rules, cgroups) + the fast servers.
 struct BenchPod {
   std::unique_ptr<lab::LabPod> pod;
@@ -324,6 +335,7 @@ struct BenchPod {
     upstream.kill();
     ServerConfig sc;
     sc.mode = mode;
+    sc.lifetime = serverLifetime(o);
     sc.ports = {pod->config().redirect_port};
     sc.workers = o.server_workers;
     lab::SpawnOptions s;
@@ -339,6 +351,29 @@ struct BenchPod {
     u.name = "upstream";
     u.netns_path = pod->upstreamNetnsPath();
     upstream = startServer(u, uc, "bench upstream");
+  }
+
+  // A storm against a server that is gone measures nothing: the run stops
+  // with the reason instead of reporting empty storms.
+  void requireServing() const {
+    for (const auto& [child, what] :
+         {std::pair{&sidecar, "sidecar"}, std::pair{&upstream, "upstream"}}) {
+      if (!processAlive(child->pid())) {
+        throw std::runtime_error(std::string("the bench pod's ") + what + " server (pid " +
+                                 std::to_string(child->pid()) + ") has exited");
+      }
+    }
+  }
+
+ private:
+  // The servers die with the bench (PR_SET_PDEATHSIG); their own lifetime,
+  // a bound should that fail, covers the longest run these options can make
+  // (every storm at its limit, an agent start and a settle each; the memory
+  // levels and the other parts an hour more).
+  static std::chrono::seconds serverLifetime(const Options& o) {
+    const double storms = 2.0 * static_cast<double>(o.paths.size()) * (o.rounds + o.cost_pairs) + 4;
+    const double per_storm = o.duration_s + 20 + 15 + (o.grace_ms / 1000.0) + 7;
+    return std::chrono::seconds(static_cast<int64_t>(storms * per_storm) + 3600);
   }
 };
 
@@ -528,9 +563,11 @@ Clock::time_point stormLimit(const StormConfig& c) {
 
 // Runs a storm generator in the pod and returns its final report.
 StormResult runStorm(const BenchPod& bp, const PathSpec& path, const StormConfig& config) {
+  bp.requireServing();
   lab::ChildProcess child = spawnStorm(bp, path, config);
   StormResult r = readStormReport(child, path.name, stormLimit(config));
   child.wait(5s);
+  bp.requireServing();
   return r;
 }
 
@@ -540,6 +577,7 @@ StormResult runStorm(const BenchPod& bp, const PathSpec& path, const StormConfig
 // connections; then they are released (SIGUSR1). Returns the summed reports.
 StormResult holdStorms(const BenchPod& bp, const PathSpec& path, StormConfig config, uint64_t total,
                        const std::function<void(uint64_t held)>& on_holding) {
+  bp.requireServing();
   rlimit rl{};
   ::getrlimit(RLIMIT_NOFILE, &rl);
   // At most 262,144 each: a level of 1M is opened by four, on every CPU.
