@@ -120,6 +120,8 @@ struct Options {
   std::string raw_attach;
 };
 
+// The help text keeps its columns (clang-format would break its long lines).
+// clang-format off
 [[noreturn]] void usage(int status) {
   std::fprintf(status == 0 ? stdout : stderr,
                "usage: cw_bench [options]\n"
@@ -138,7 +140,7 @@ struct Options {
                "  --no-unwatched --no-memory --no-micro --no-kernel-cost   skip a part\n"
                "  --cost-pairs N        off/on storm pairs per path measuring the cost share (3)\n"
                "  --micro-filter REGEX  --benchmark_filter for the micro-benchmarks\n"
-               "  --quick               1 round of 2 s, hold 20000, synthetic 200000\n"
+               "  --quick               1 round of 2 s, 1 cost pair, hold 20000, synthetic 200000\n"
                "  --agent-arg ARG       extra flag for `capturewatch run` (repeatable)\n"
                "  --work-dir DIR        where the agent logs go (default: a temporary directory,\n"
                "                        removed at the end unless --keep-logs)\n"
@@ -150,6 +152,7 @@ struct Options {
                "                        of a BPF variant\n");
   std::exit(status);
 }
+// clang-format on
 
 Options parseArgs(int argc, char** argv) {
   Options o;

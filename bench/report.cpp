@@ -229,7 +229,8 @@ void printTable(const json& r, std::ostream& out) {
           << thousands(c["machine_ns_per_connection"]) << " = "
           << fmt("%.1f%%", c["share"].get<double>() * 100) << ", on/off about "
           << fmt("%.1f%%", c["ratio_expected"].get<double>() * 100) << " (97% leaves "
-          << thousands(c["ns_left_at_97_percent"]) << " ns; " << c["pairs"] << " pairs)\n";
+          << thousands(c["ns_left_at_97_percent"]) << " ns; " << c["pairs"]
+          << (c["pairs"].get<size_t>() == 1 ? " pair)\n" : " pairs)\n");
     }
   }
   if (r.contains("unwatched")) {
