@@ -118,6 +118,8 @@ struct Options {
   // Profiling aid: in "on" phases run this shell command instead of the
   // agent ({netns} is replaced by the pod's netns path); no verdict checks.
   std::string raw_attach;
+  // Only read these results and pool their same-round ratios (--pool).
+  std::vector<std::string> pool;
 };
 
 // The help text keeps its columns (clang-format would break its long lines).
@@ -147,6 +149,9 @@ struct Options {
                "  --modes off|on|both   storms with the agent off, on, or both (both; one is for profiling)\n"
                "  --nice N              priority of the bench, its servers, storms and the agent (-15):\n"
                "                        other work on the machine perturbs the rates less\n"
+               "  --pool FILE           run nothing: pool the same-round on/off ratios of these results\n"
+               "                        (repeatable; runs of the same agent) and print each path's\n"
+               "                        geometric mean, 95%% interval and budget decision\n"
                "  --raw-attach CMD      profiling: in \"on\" phases run `sh -c CMD` ({netns}: the pod's\n"
                "                        netns path, {sidecar_cgroup}) instead of the agent, e.g. a loader\n"
                "                        of a BPF variant\n");
@@ -191,6 +196,8 @@ Options parseArgs(int argc, char** argv) {
     else if (a == "--nice") o.nice = std::stoi(need(i));
     else if (a == "--keep-logs") o.keep_logs = true;
     else if (a == "--raw-attach") o.raw_attach = need(i);
+    else if (a == "--pool")
+      o.pool.push_back(need(i));
     else if (a == "--modes") {
       const std::string m = need(i);
       o.with_off = m == "off" || m == "both";
@@ -1253,7 +1260,31 @@ json microPart(const Options& o) {
   return out;
 }
 
+// --pool: the results' same-round ratios pooled per path.
+int pool(const Options& o) {
+  std::vector<json> results;
+  for (const auto& f : o.pool) {
+    std::ifstream in(f);
+    if (!in) throw std::runtime_error("cannot read " + f);
+    try {
+      results.push_back(json::parse(in));
+    } catch (const json::exception& e) {
+      throw std::runtime_error(f + " is not a bench result: " + e.what());
+    }
+  }
+  const json pooled = poolRuns(results);
+  if (pooled.empty()) throw std::runtime_error("no same-round ratios in these results");
+  for (const auto& [path, p] : pooled.items()) {
+    std::printf("%-9s %zu pairs from %zu runs: geometric mean %.1f%% [%.1f-%.1f%%], %s\n",
+                path.c_str(), p["pairs"].get<size_t>(), p["runs"].get<size_t>(),
+                p["geomean"].get<double>() * 100, p["ci95"][0].get<double>() * 100,
+                p["ci95"][1].get<double>() * 100, p["decision"].get<std::string>().c_str());
+  }
+  return 0;
+}
+
 int run(const Options& o) {
+  if (!o.pool.empty()) return pool(o);
   if (::geteuid() != 0) {
     std::fprintf(stderr, "cw_bench: run as root (BPF, network namespaces, iptables, cgroups)\n");
     return 2;

@@ -3,10 +3,11 @@
 #include "stats.h"
 
 #include <algorithm>
-#include <vector>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <string>
+#include <vector>
 
 namespace cw::bench {
 namespace {
@@ -58,7 +59,38 @@ RatioInterval intervalOf(const json& summary) {
   return ci;
 }
 
+// Whether a rate interval establishes the 97% budget.
+const char* rateDecision(const RatioInterval& ci) {
+  return ci.n < 2        ? "too few rounds to decide"
+         : ci.lo >= 0.97 ? "established"
+         : ci.hi < 0.97  ? "not met"
+                         : "undecided: the interval straddles the limit";
+}
+
 }  // namespace
+
+json poolRuns(const std::vector<json>& results) {
+  json out = json::object();
+  std::map<std::string, std::vector<double>> ratios;
+  std::map<std::string, size_t> runs;
+  for (const json& r : results) {
+    if (!r.contains("summary")) continue;
+    for (const auto& [path, s] : r["summary"].items()) {
+      if (!s.contains("ratio_per_round")) continue;
+      for (double x : s["ratio_per_round"].get<std::vector<double>>()) ratios[path].push_back(x);
+      ++runs[path];
+    }
+  }
+  for (const auto& [path, v] : ratios) {
+    const RatioInterval ci = pairedRatioInterval(v);
+    out[path] = {{"runs", runs[path]},
+                 {"pairs", ci.n},
+                 {"geomean", ci.geomean},
+                 {"ci95", {ci.lo, ci.hi}},
+                 {"decision", rateDecision(ci)}};
+  }
+  return out;
+}
 
 json budgets(const json& result, int grace_ms) {
   json out = json::array();
@@ -72,12 +104,7 @@ json budgets(const json& result, int grace_ms) {
           out, "agent-on rate / agent-off rate (" + path + ")", ci.geomean, 0.97, true, "ratio",
           fmt("same-round pairs' geometric mean, 95%% interval %.1f-%.1f%% over %zu rounds (%s); "
               "ratio of the medians %.1f%%",
-              ci.lo * 100, ci.hi * 100, ci.n,
-              ci.n < 2        ? "too few rounds to decide"
-              : ci.lo >= 0.97 ? "established"
-              : ci.hi < 0.97  ? "not met"
-                              : "undecided: the interval straddles the limit",
-              s["ratio"].get<double>() * 100));
+              ci.lo * 100, ci.hi * 100, ci.n, rateDecision(ci), s["ratio"].get<double>() * 100));
       out.back()["pass"] = ci.n >= 2 && ci.lo >= 0.97;
     }
     double lost = 0, missing = 0, mis = 0;

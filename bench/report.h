@@ -2,7 +2,9 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+
 #include <ostream>
+#include <vector>
 
 namespace cw::bench {
 
@@ -16,6 +18,13 @@ nlohmann::ordered_json budgets(const nlohmann::ordered_json& result, int grace_m
 // kernel-cost part, whose pairs of storms measure all three in the same
 // minute (medians of the pairs); empty without it.
 nlohmann::ordered_json costShare(const nlohmann::ordered_json& result);
+
+// The same-round on/off ratios of several results (runs of the same agent),
+// pooled per path: their geometric mean, its 95% interval and what that
+// decides for the 97% budget. A run's interval covers the noise within it;
+// pooling runs from different times also averages over the machine's
+// slower and quicker spells.
+nlohmann::ordered_json poolRuns(const std::vector<nlohmann::ordered_json>& results);
 
 // Prints the result as one table.
 void printTable(const nlohmann::ordered_json& result, std::ostream& out);
