@@ -59,14 +59,6 @@ RatioInterval intervalOf(const json& summary) {
   return ci;
 }
 
-// Whether a rate interval establishes the 97% budget.
-const char* rateDecision(const RatioInterval& ci) {
-  return ci.n < 2        ? "too few rounds to decide"
-         : ci.lo >= 0.97 ? "established"
-         : ci.hi < 0.97  ? "not met"
-                         : "undecided: the interval straddles the limit";
-}
-
 }  // namespace
 
 json poolRuns(const std::vector<json>& results) {
@@ -87,7 +79,7 @@ json poolRuns(const std::vector<json>& results) {
                  {"pairs", ci.n},
                  {"geomean", ci.geomean},
                  {"ci95", {ci.lo, ci.hi}},
-                 {"decision", rateDecision(ci)}};
+                 {"decision", rateDecision(ci, 0.97)}};
   }
   return out;
 }
@@ -104,7 +96,8 @@ json budgets(const json& result, int grace_ms) {
           out, "agent-on rate / agent-off rate (" + path + ")", ci.geomean, 0.97, true, "ratio",
           fmt("same-round pairs' geometric mean, 95%% interval %.1f-%.1f%% over %zu rounds (%s); "
               "ratio of the medians %.1f%%",
-              ci.lo * 100, ci.hi * 100, ci.n, rateDecision(ci), s["ratio"].get<double>() * 100));
+              ci.lo * 100, ci.hi * 100, ci.n, rateDecision(ci, 0.97),
+              s["ratio"].get<double>() * 100));
       out.back()["pass"] = ci.n >= 2 && ci.lo >= 0.97;
     }
     double lost = 0, missing = 0, mis = 0;

@@ -64,4 +64,14 @@ inline RatioInterval pairedRatioInterval(const std::vector<double>& ratios) {
   return r;
 }
 
+// What an interval decides for a budget of at least `limit`: established
+// only when the whole interval is at or above it, not met when it is all
+// below, otherwise undecided (and with fewer than two rounds, nothing).
+inline const char* rateDecision(const RatioInterval& ci, double limit) {
+  return ci.n < 2         ? "too few rounds to decide"
+         : ci.lo >= limit ? "established"
+         : ci.hi < limit  ? "not met"
+                          : "undecided: the interval straddles the limit";
+}
+
 }  // namespace cw::bench

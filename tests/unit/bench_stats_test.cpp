@@ -66,5 +66,35 @@ TEST(BenchStatsTest, StudentQuantilesFallTowardsTheNormalOne) {
   for (size_t df = 1; df < 200; ++df) EXPECT_GE(studentT975(df), studentT975(df + 1)) << df;
 }
 
+TEST(BenchStatsTest, ABudgetIsEstablishedOnlyByAWholeIntervalAtOrAboveItsLimit) {
+  RatioInterval ci;
+  ci.n = 50;
+  ci.lo = 0.97, ci.hi = 0.99;
+  EXPECT_STREQ(rateDecision(ci, 0.97), "established");
+  ci.lo = 0.961, ci.hi = 0.989;  // the pooled bypassed interval of sessions 13-14
+  EXPECT_STREQ(rateDecision(ci, 0.97), "undecided: the interval straddles the limit");
+  ci.lo = 0.92, ci.hi = 0.969;
+  EXPECT_STREQ(rateDecision(ci, 0.97), "not met");
+  ci.n = 1, ci.lo = ci.hi = 0.99;
+  EXPECT_STREQ(rateDecision(ci, 0.97), "too few rounds to decide");
+}
+
+TEST(BenchStatsTest, PoolingTwoRunsNarrowsTheirIntervalToOneThatDecides) {
+  // Each run of 8 rounds alone straddles 97% (96.9-102.3%, 96.7-102.1%);
+  // their 16 rounds pooled (cw_bench --pool) give 97.8-101.1%.
+  const std::vector<double> a{0.95, 1.04, 0.99, 1.02, 0.96, 1.03, 0.98, 1.00};
+  const std::vector<double> b{1.03, 0.96, 1.01, 0.97, 1.04, 0.95, 1.00, 0.99};
+  EXPECT_STREQ(rateDecision(pairedRatioInterval(a), 0.97),
+               "undecided: the interval straddles the limit");
+  EXPECT_STREQ(rateDecision(pairedRatioInterval(b), 0.97),
+               "undecided: the interval straddles the limit");
+  std::vector<double> pooled = a;
+  pooled.insert(pooled.end(), b.begin(), b.end());
+  const auto p = pairedRatioInterval(pooled);
+  EXPECT_EQ(p.n, 16u);
+  EXPECT_NEAR(p.lo, 0.9779, 1e-3);
+  EXPECT_STREQ(rateDecision(p, 0.97), "established");
+}
+
 }  // namespace
 }  // namespace cw::bench
