@@ -983,11 +983,12 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
     std::vector<double> bpf, agent_ns, machine, shares, runs;
     for (int pair = 0; pair < o.cost_pairs; ++pair) {
       json p;
+      double rate_off = 0, bpf_ns = 0, agent_cpu_ns = 0, runs_per_conn = 0;
       for (int k = 0; k < 2; ++k) {
         if ((k == 0) == (pair % 2 == 0)) {
           waitForAgentProgramsFreed();
           checkInterrupted();
-          p["rate_off"] = runStorm(bp, path, stormConfig(bp, o)).rate();
+          rate_off = runStorm(bp, path, stormConfig(bp, o)).rate();
           continue;
         }
         const uint16_t port = freePort();
@@ -1015,29 +1016,30 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
           n += druns;
         }
         const double conns = std::max<double>(1, static_cast<double>(r.attempted));
+        bpf_ns = ns / conns;
+        agent_cpu_ns = (after.proc.sched_cpu_s - before.proc.sched_cpu_s) * 1e9 / conns;
+        runs_per_conn = n / conns;
         p["connections"] = r.attempted;
         p["rate_on"] = r.rate();
         p["programs"] = progs;
-        p["runs_per_connection"] = n / conns;
-        p["bpf_ns_per_connection"] = ns / conns;
-        p["agent_ns_per_connection"] =
-            (after.proc.sched_cpu_s - before.proc.sched_cpu_s) * 1e9 / conns;
       }
-      const double rate_off = p["rate_off"].get<double>();
-      p["machine_ns_per_connection"] = rate_off > 0 ? nproc * 1e9 / rate_off : 0;
-      p["share"] = rate_off > 0 ? (p["bpf_ns_per_connection"].get<double>() +
-                                   p["agent_ns_per_connection"].get<double>()) /
-                                      p["machine_ns_per_connection"].get<double>()
-                                : 0;
-      bpf.push_back(p["bpf_ns_per_connection"].get<double>());
-      agent_ns.push_back(p["agent_ns_per_connection"].get<double>());
-      machine.push_back(p["machine_ns_per_connection"].get<double>());
-      shares.push_back(p["share"].get<double>());
-      runs.push_back(p["runs_per_connection"].get<double>());
-      progress("kernel cost " + name + ": " + std::to_string(static_cast<int>(bpf.back())) +
-               " ns of BPF + " + std::to_string(static_cast<int>(agent_ns.back())) +
-               " ns of agent of " + std::to_string(static_cast<int>(machine.back())) +
-               " ns per connection (" + std::to_string(shares.back() * 100).substr(0, 4) + "%)");
+      const double machine_ns = rate_off > 0 ? nproc * 1e9 / rate_off : 0;
+      const double share = machine_ns > 0 ? (bpf_ns + agent_cpu_ns) / machine_ns : 0;
+      p["rate_off"] = rate_off;
+      p["runs_per_connection"] = runs_per_conn;
+      p["bpf_ns_per_connection"] = bpf_ns;
+      p["agent_ns_per_connection"] = agent_cpu_ns;
+      p["machine_ns_per_connection"] = machine_ns;
+      p["share"] = share;
+      bpf.push_back(bpf_ns);
+      agent_ns.push_back(agent_cpu_ns);
+      machine.push_back(machine_ns);
+      shares.push_back(share);
+      runs.push_back(runs_per_conn);
+      progress("kernel cost " + name + ": " + std::to_string(static_cast<int>(bpf_ns)) +
+               " ns of BPF + " + std::to_string(static_cast<int>(agent_cpu_ns)) +
+               " ns of agent of " + std::to_string(static_cast<int>(machine_ns)) +
+               " ns per connection (" + std::to_string(share * 100).substr(0, 4) + "%)");
       pairs.push_back(std::move(p));
     }
     j[name] = {{"pairs", pairs},
