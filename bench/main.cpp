@@ -1025,12 +1025,12 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
       }
       const double machine_ns = rate_off > 0 ? nproc * 1e9 / rate_off : 0;
       const double share = machine_ns > 0 ? (bpf_ns + agent_cpu_ns) / machine_ns : 0;
-      p["rate_off"] = rate_off;
-      p["runs_per_connection"] = runs_per_conn;
-      p["bpf_ns_per_connection"] = bpf_ns;
-      p["agent_ns_per_connection"] = agent_cpu_ns;
-      p["machine_ns_per_connection"] = machine_ns;
-      p["share"] = share;
+      p.update(json{{"rate_off", rate_off},
+                    {"runs_per_connection", runs_per_conn},
+                    {"bpf_ns_per_connection", bpf_ns},
+                    {"agent_ns_per_connection", agent_cpu_ns},
+                    {"machine_ns_per_connection", machine_ns},
+                    {"share", share}});
       bpf.push_back(bpf_ns);
       agent_ns.push_back(agent_cpu_ns);
       machine.push_back(machine_ns);
