@@ -106,10 +106,10 @@ std::unique_ptr<Probe> Probe::open(const ProbeOptions& options, Handler handler)
       (2 * static_cast<uint64_t>(options.max_tracked_sockets) + CW_OWNER_BUCKET_SLOTS - 1) /
       CW_OWNER_BUCKET_SLOTS;
   probe->skel_->rodata->owner_buckets = static_cast<uint32_t>(owner_buckets);
-  // Its first quarter, at most kHotOwnerBuckets, is the hot area where new
-  // keys go first (capture.bpf.c): a table of one bucket has none.
+  // Its first buckets are the hot area where new keys go first
+  // (capture.bpf.c, hotOwnerBuckets): a table of one bucket has none.
   probe->skel_->rodata->hot_buckets =
-      static_cast<uint32_t>(std::min<uint64_t>(owner_buckets / 4, kHotOwnerBuckets));
+      static_cast<uint32_t>(hotOwnerBuckets(owner_buckets, static_cast<uint64_t>(ncpu)));
   bpf_map__set_max_entries(probe->skel_->maps.owner_keys, static_cast<uint32_t>(owner_buckets));
   bpf_map__set_max_entries(probe->skel_->maps.owners,
                            static_cast<uint32_t>(owner_buckets * CW_OWNER_BUCKET_SLOTS));

@@ -83,12 +83,12 @@ struct {
  * many of them, at its start, are its hot area (0 in a table too small to
  * split). A new key goes to the hot area while its two buckets there have
  * room, else to the rest of the table (the overflow area). The hot area is
- * small (32 KiB of keys and 192 KiB of entries at most), so the few hundred
- * sockets a connection storm holds at any time stay within a few pages that
- * the CPU keeps cached and mapped; spread over the whole table (the default
- * bound's is 2 MiB of keys and 12 MiB of entries), every connection's
- * lookups were cache and TLB misses, about 0.5 us per connection (README
- * Performance). */
+ * small (64 buckets per CPU, 128 to 512: 8-32 KiB of keys and 48-192 KiB of
+ * entries), so the few hundred sockets a connection storm holds at any time
+ * stay within a few pages that the CPU keeps cached and mapped; spread over
+ * the whole table (the default bound's is 2 MiB of keys and 12 MiB of
+ * entries), every connection's lookups were cache and TLB misses, about
+ * 0.5 us per connection (README Performance). */
 const volatile __u32 owner_buckets = 1;
 const volatile __u32 hot_buckets = 0;
 
