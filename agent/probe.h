@@ -88,10 +88,10 @@ class Probe {
   // sockets, 4 KiB of keys and 24 KiB of entries), at least 128 and at most
   // 512 (4,096 sockets, 32 KiB of keys, 192 KiB of entries), and at most a
   // quarter of the table. The smaller the area, the likelier its lines are
-  // still cached when a socket's next state change comes; on a 2-CPU node
-  // 128 buckets instead of 512 saved about 0.25 us of BPF per connection
-  // (README Performance), and the few hundred sockets a storm holds per CPU
-  // still fit.
+  // still cached when a socket's next state change comes: on a 2-CPU node,
+  // 128 buckets instead of 512 saved about 0.15 us of BPF per connection, a
+  // tenth of the programs' cost (48 kernel-cost pairs, README Performance),
+  // and the few hundred sockets a storm holds per CPU still fit.
   static constexpr uint64_t kHotOwnerBucketsPerCpu = 64;
   static constexpr uint64_t kHotOwnerBucketsMin = 128;
   static constexpr uint64_t kHotOwnerBucketsMax = 512;
