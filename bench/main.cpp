@@ -387,9 +387,14 @@ struct BenchPod {
   }
 };
 
-// CPU seconds the machine's tasks used (user, nice, system; irq and softirq
-// time is not charged to tasks, so it is left out on both sides).
-double machineBusyS() {
+// The machine's CPU seconds from /proc/stat: those its tasks used (user,
+// nice, system; irq and softirq time is not charged to tasks, so it is left
+// out on both sides), and those the hypervisor gave to others while a CPU
+// wanted to run (steal): the machine's slow spells.
+struct MachineCpuS {
+  double busy = 0, steal = 0;
+};
+MachineCpuS machineCpuS() {
   std::ifstream in("/proc/stat");
   std::string cpu;
   uint64_t v[10] = {};
@@ -397,7 +402,7 @@ double machineBusyS() {
   for (auto& x : v) in >> x;
   const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
   // user nice system idle iowait irq softirq steal guest guest_nice
-  return static_cast<double>(v[0] + v[1] + v[2]) / tick;
+  return {static_cast<double>(v[0] + v[1] + v[2]) / tick, static_cast<double>(v[7]) / tick};
 }
 
 double cgroupCpuS(const std::string& dir) {
@@ -414,12 +419,14 @@ double cgroupCpuS(const std::string& dir) {
 // sidecar; the upstream; the agent) against the whole machine: what else ran
 // (other users' builds, ...) during a phase is noise the result must show.
 struct CpuMeter {
-  double busy = 0, ours = 0;
+  double busy = 0, steal = 0, ours = 0;
   Clock::time_point at;
   static CpuMeter read(const BenchPod& bp, pid_t agent) {
     CpuMeter m;
     m.at = Clock::now();
-    m.busy = machineBusyS();
+    const MachineCpuS machine = machineCpuS();
+    m.busy = machine.busy;
+    m.steal = machine.steal;
     m.ours = cgroupCpuS(std::filesystem::path(bp.pod->sidecarCgroup()).parent_path().string()) +
              procStats(bp.upstream.pid()).sched_cpu_s + (agent > 0 ? procStats(agent).sched_cpu_s : 0) +
              procStats(::getpid()).sched_cpu_s;
@@ -427,9 +434,16 @@ struct CpuMeter {
   }
   // Share of the machine (all CPUs) used by others between two readings, %.
   static double otherPct(const CpuMeter& a, const CpuMeter& b) {
+    return pctOfMachine(a, b, std::max(0.0, (b.busy - a.busy) - (b.ours - a.ours)));
+  }
+  // Share of the machine's CPU time the hypervisor stole between them, %.
+  static double stealPct(const CpuMeter& a, const CpuMeter& b) {
+    return pctOfMachine(a, b, b.steal - a.steal);
+  }
+  static double pctOfMachine(const CpuMeter& a, const CpuMeter& b, double cpu_s) {
     const double wall = std::chrono::duration<double>(b.at - a.at).count();
     const double n = std::max(1u, std::thread::hardware_concurrency());
-    return wall > 0 ? std::max(0.0, (b.busy - a.busy) - (b.ours - a.ours)) / (wall * n) * 100 : 0;
+    return wall > 0 ? cpu_s / (wall * n) * 100 : 0;
   }
 };
 
@@ -845,6 +859,7 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         phase["agent"] = on;
         phase["storm"] = stormJson(r);
         phase["storm"]["other_cpu_pct"] = CpuMeter::otherPct(cpu0, cpu1);
+        phase["storm"]["steal_pct"] = CpuMeter::stealPct(cpu0, cpu1);
         phase["storm"]["foreign_bpf_programs"] = std::max(foreign0, foreignBpfPrograms(our_progs));
         if (agent) {
           const Snapshot after = settle(*agent, *before, static_cast<double>(r.attempted), o);
@@ -859,12 +874,15 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
           phase["agent"] = json{{"on", false}};
         }
         char line[256];
-        std::snprintf(line, sizeof line, "round %d %-8s agent %-3s %9.0f conn/s  (others: %4.1f%% CPU, %zu cw_ programs)%s",
-                      round + 1, name.c_str(), on ? "on" : "off", r.rate(),
-                      phase["storm"]["other_cpu_pct"].get<double>(),
-                      phase["storm"]["foreign_bpf_programs"].get<size_t>(),
-                      on ? (phase["exact"].get<bool>() ? "  verdicts exact" : "  VERDICTS DIFFER")
-                         : "");
+        std::snprintf(
+            line, sizeof line,
+            "round %d %-8s agent %-3s %9.0f conn/s  (others: %4.1f%% CPU, steal %4.1f%%, %zu cw_ "
+            "programs)%s",
+            round + 1, name.c_str(), on ? "on" : "off", r.rate(),
+            phase["storm"]["other_cpu_pct"].get<double>(),
+            phase["storm"]["steal_pct"].get<double>(),
+            phase["storm"]["foreign_bpf_programs"].get<size_t>(),
+            on ? (phase["exact"].get<bool>() ? "  verdicts exact" : "  VERDICTS DIFFER") : "");
         progress(line);
         phases.push_back(std::move(phase));
         if (agent) {
@@ -883,7 +901,7 @@ json summarize(const json& phases, const Options& o) {
   for (const auto& name : o.paths) {
     std::vector<double> off, on;
     double conns = 0, cpu = 0, sched_cpu = 0, lost = 0, skipped = 0, missing = 0, mis = 0, read = 0;
-    double hwm = 0, other_max = 0;
+    double hwm = 0, other_max = 0, steal_max = 0;
     uint64_t failed = 0, sync_errors = 0;
     std::map<double, double> buckets;
     for (const auto& p : phases) {
@@ -892,6 +910,7 @@ json summarize(const json& phases, const Options& o) {
       (is_on ? on : off).push_back(p["storm"]["rate"].get<double>());
       failed += p["storm"]["failed"].get<uint64_t>();
       other_max = std::max(other_max, p["storm"].value("other_cpu_pct", 0.0));
+      steal_max = std::max(steal_max, p["storm"].value("steal_pct", 0.0));
       sync_errors += p["storm"]["sync_errors"].get<uint64_t>();
       if (!is_on || p["agent"].contains("raw_attach")) continue;
       conns += p["storm"]["attempted"].get<double>();
@@ -941,6 +960,7 @@ json summarize(const json& phases, const Options& o) {
     s["misclassified_verdicts"] = mis;
     s["connect_failures"] = failed;
     s["other_cpu_pct_max"] = other_max;
+    s["steal_pct_max"] = steal_max;
     s["sync_errors"] = sync_errors;
     s["agent_cpu_s"] = cpu;
     s["agent_sched_cpu_s"] = sched_cpu;
