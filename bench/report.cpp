@@ -12,6 +12,9 @@
 namespace cw::bench {
 namespace {
 
+// The rate budget: agent-on rate at least this share of agent-off.
+constexpr double kRateBudget = 0.97;
+
 using json = nlohmann::ordered_json;
 
 template <typename... Args>
@@ -79,7 +82,7 @@ json poolRuns(const std::vector<json>& results) {
                  {"pairs", ci.n},
                  {"geomean", ci.geomean},
                  {"ci95", {ci.lo, ci.hi}},
-                 {"decision", rateDecision(ci, 0.97)}};
+                 {"decision", rateDecision(ci, kRateBudget)}};
   }
   return out;
 }
@@ -93,12 +96,13 @@ json budgets(const json& result, int grace_ms) {
       // side by noise alone.
       const RatioInterval ci = intervalOf(s);
       budget(
-          out, "agent-on rate / agent-off rate (" + path + ")", ci.geomean, 0.97, true, "ratio",
+          out, "agent-on rate / agent-off rate (" + path + ")", ci.geomean, kRateBudget, true,
+          "ratio",
           fmt("same-round pairs' geometric mean, 95%% interval %.1f-%.1f%% over %zu rounds (%s); "
               "ratio of the medians %.1f%%",
-              ci.lo * 100, ci.hi * 100, ci.n, rateDecision(ci, 0.97),
+              ci.lo * 100, ci.hi * 100, ci.n, rateDecision(ci, kRateBudget),
               s["ratio"].get<double>() * 100));
-      out.back()["pass"] = ci.n >= 2 && ci.lo >= 0.97;
+      out.back()["pass"] = ci.n >= 2 && ci.lo >= kRateBudget;
     }
     double lost = 0, missing = 0, mis = 0;
     for (const auto& [path, s] : result["summary"].items()) {
