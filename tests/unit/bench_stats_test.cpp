@@ -1,5 +1,6 @@
 // The bench's interval for a path's on/off ratio (bench/stats.h): what decides
 // whether the rate budget is established.
+#include "../../bench/report.h"
 #include "../../bench/stats.h"
 
 #include <gtest/gtest.h>
@@ -79,6 +80,16 @@ TEST(BenchStatsTest, ABudgetIsEstablishedOnlyByAWholeIntervalAtOrAboveItsLimit) 
   EXPECT_STREQ(rateDecision(ci, 0.97), "too few rounds to decide");
 }
 
+// Two runs' results as cw_bench writes them: the summary's per-round ratios,
+// for captured in both and for proxy in the first only.
+nlohmann::ordered_json runOf(const std::vector<double>& captured,
+                             const std::vector<double>& proxy = {}) {
+  nlohmann::ordered_json r;
+  r["summary"]["captured"]["ratio_per_round"] = captured;
+  if (!proxy.empty()) r["summary"]["proxy"]["ratio_per_round"] = proxy;
+  return r;
+}
+
 TEST(BenchStatsTest, PoolingTwoRunsNarrowsTheirIntervalToOneThatDecides) {
   // Each run of 8 rounds alone straddles 97% (96.9-102.3%, 96.7-102.1%);
   // their 16 rounds pooled (cw_bench --pool) give 97.8-101.1%.
@@ -88,12 +99,21 @@ TEST(BenchStatsTest, PoolingTwoRunsNarrowsTheirIntervalToOneThatDecides) {
                "undecided: the interval straddles the limit");
   EXPECT_STREQ(rateDecision(pairedRatioInterval(b), 0.97),
                "undecided: the interval straddles the limit");
-  std::vector<double> pooled = a;
-  pooled.insert(pooled.end(), b.begin(), b.end());
-  const auto p = pairedRatioInterval(pooled);
-  EXPECT_EQ(p.n, 16u);
-  EXPECT_NEAR(p.lo, 0.9779, 1e-3);
-  EXPECT_STREQ(rateDecision(p, 0.97), "established");
+
+  const auto pooled =
+      poolRuns({runOf(a, {0.90, 0.91, 0.92}), runOf(b), nlohmann::ordered_json::object()});
+  ASSERT_TRUE(pooled.contains("captured"));
+  const auto& c = pooled["captured"];
+  EXPECT_EQ(c["runs"].get<size_t>(), 2u);
+  EXPECT_EQ(c["pairs"].get<size_t>(), 16u);
+  EXPECT_NEAR(c["ci95"][0].get<double>(), 0.9779, 1e-3);
+  EXPECT_NEAR(c["ci95"][1].get<double>(), 1.0108, 1e-3);
+  EXPECT_EQ(c["decision"].get<std::string>(), "established");
+  // A path only one run has is pooled from that run alone.
+  ASSERT_TRUE(pooled.contains("proxy"));
+  EXPECT_EQ(pooled["proxy"]["runs"].get<size_t>(), 1u);
+  EXPECT_EQ(pooled["proxy"]["pairs"].get<size_t>(), 3u);
+  EXPECT_EQ(pooled["proxy"]["decision"].get<std::string>(), "not met");
 }
 
 }  // namespace
