@@ -59,6 +59,7 @@
 #include "report.h"
 #include "servers.h"
 #include "stats.h"
+#include "stats_floor.h"
 #include "storm.h"
 #include "targets.h"
 
@@ -1000,10 +1001,11 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
   for (const auto& name : o.paths) {
     const PathSpec path = pathSpec(name);
     json pairs = json::array();
-    std::vector<double> bpf, agent_ns, machine, shares, runs;
+    std::vector<double> bpf, agent_ns, machine, shares, runs, floors, bpf_less, shares_less;
     for (int pair = 0; pair < o.cost_pairs; ++pair) {
       json p;
       double rate_off = 0, bpf_ns = 0, agent_cpu_ns = 0, runs_per_conn = 0;
+      double floor_ns = -1, bpf_less_floor_ns = -1;
       for (int k = 0; k < 2; ++k) {
         if ((k == 0) == (pair % 2 == 0)) {
           waitForAgentProgramsFreed();
@@ -1018,10 +1020,22 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
         agent.waitReady(20s);
         checkInterrupted();
         const auto ids = progIdsOf(agent.pid());
+        // The empty program runs on the same tracepoint, in the same storm.
+        std::optional<StatsFloor> stats_floor;
+        try {
+          stats_floor.emplace();
+        } catch (const std::exception& e) {
+          if (pair == 0) progress(std::string(e.what()) + ": BPF run times are given without it");
+        }
         const Snapshot before = snapshot(agent);
         const auto stats0 = bpfProgStats(ids);
+        const StatsFloor::Reading floor0 =
+            stats_floor ? stats_floor->read() : StatsFloor::Reading{};
         const StormResult r = runStorm(bp, path, stormConfig(bp, o));
         const auto stats1 = bpfProgStats(ids);
+        const StatsFloor::Reading floor1 =
+            stats_floor ? stats_floor->read() : StatsFloor::Reading{};
+        stats_floor.reset();
         const Snapshot after = settle(agent, before, static_cast<double>(r.attempted), o);
         agent.stop();
         double ns = 0, n = 0;
@@ -1037,6 +1051,11 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
         }
         const double conns = std::max<double>(1, static_cast<double>(r.attempted));
         bpf_ns = ns / conns;
+        if (floor1.runs > floor0.runs) {
+          floor_ns = static_cast<double>(floor1.run_ns - floor0.run_ns) /
+                     static_cast<double>(floor1.runs - floor0.runs);
+          bpf_less_floor_ns = std::max(0.0, ns - n * floor_ns) / conns;
+        }
         agent_cpu_ns = (after.proc.sched_cpu_s - before.proc.sched_cpu_s) * 1e9 / conns;
         runs_per_conn = n / conns;
         p["connections"] = r.attempted;
@@ -1051,6 +1070,19 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
                     {"agent_ns_per_connection", agent_cpu_ns},
                     {"machine_ns_per_connection", machine_ns},
                     {"share", share}});
+      std::string less_floor;
+      if (floor_ns >= 0 && machine_ns > 0) {
+        const double share_less = (bpf_less_floor_ns + agent_cpu_ns) / machine_ns;
+        p.update(json{{"stats_floor_ns_per_run", floor_ns},
+                      {"bpf_ns_per_connection_less_floor", bpf_less_floor_ns},
+                      {"share_less_floor", share_less}});
+        floors.push_back(floor_ns);
+        bpf_less.push_back(bpf_less_floor_ns);
+        shares_less.push_back(share_less);
+        less_floor = "; less bpf_stats' floor of " + std::to_string(static_cast<int>(floor_ns)) +
+                     " ns per run: " + std::to_string(static_cast<int>(bpf_less_floor_ns)) +
+                     " ns of BPF, " + std::to_string(share_less * 100).substr(0, 4) + "%";
+      }
       bpf.push_back(bpf_ns);
       agent_ns.push_back(agent_cpu_ns);
       machine.push_back(machine_ns);
@@ -1059,7 +1091,8 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
       progress("kernel cost " + name + ": " + std::to_string(static_cast<int>(bpf_ns)) +
                " ns of BPF + " + std::to_string(static_cast<int>(agent_cpu_ns)) +
                " ns of agent of " + std::to_string(static_cast<int>(machine_ns)) +
-               " ns per connection (" + std::to_string(share * 100).substr(0, 4) + "%)");
+               " ns per connection (" + std::to_string(share * 100).substr(0, 4) + "%" +
+               less_floor + ")");
       pairs.push_back(std::move(p));
     }
     j[name] = {{"pairs", pairs},
@@ -1068,6 +1101,11 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
                {"agent_ns_per_connection", median(agent_ns)},
                {"machine_ns_per_connection", median(machine)},
                {"share", median(shares)}};
+    if (!floors.empty()) {
+      j[name].update(json{{"stats_floor_ns_per_run", median(floors)},
+                          {"bpf_ns_per_connection_less_floor", median(bpf_less)},
+                          {"share_less_floor", median(shares_less)}});
+    }
   }
   return j;
 }

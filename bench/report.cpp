@@ -173,6 +173,14 @@ json costShare(const json& result) {
                  {"ratio_expected", 1 - share},
                  {"ns_left_at_97_percent", 0.03 * machine_ns},
                  {"pairs", k["pairs"].size()}};
+    if (k.contains("share_less_floor")) {
+      const double less = k["share_less_floor"].get<double>();
+      out[path].update(
+          json{{"stats_floor_ns_per_run", k["stats_floor_ns_per_run"]},
+               {"bpf_ns_per_connection_less_floor", k["bpf_ns_per_connection_less_floor"]},
+               {"share_less_floor", less},
+               {"ratio_expected_less_floor", 1 - less}});
+    }
   }
   return out;
 }
@@ -255,6 +263,22 @@ void printTable(const json& r, std::ostream& out) {
           << fmt("%.1f%%", c["ratio_expected"].get<double>() * 100) << " (97% leaves "
           << thousands(c["ns_left_at_97_percent"]) << " ns; " << c["pairs"]
           << (c["pairs"].get<size_t>() == 1 ? " pair)\n" : " pairs)\n");
+    }
+    bool any_floor = false;
+    for (const auto& [path, c] : r["cost_share"].items()) {
+      if (!c.contains("share_less_floor")) continue;
+      if (!any_floor) {
+        out << "the same less bpf_stats' own share of each run (the run time of an empty program "
+               "on the same\n"
+               "tracepoint in the same storm; the program's call is in it too: a little low):\n";
+        any_floor = true;
+      }
+      out << "  " << path << ": " << thousands(c["bpf_ns_per_connection_less_floor"]) << " + "
+          << thousands(c["agent_ns_per_connection"]) << " ns of "
+          << thousands(c["machine_ns_per_connection"]) << " = "
+          << fmt("%.1f%%", c["share_less_floor"].get<double>() * 100) << ", on/off about "
+          << fmt("%.1f%%", c["ratio_expected_less_floor"].get<double>() * 100) << " (floor "
+          << fmt("%.0f", c["stats_floor_ns_per_run"].get<double>()) << " ns per run)\n";
     }
   }
   if (r.contains("unwatched")) {
