@@ -489,7 +489,8 @@ std::map<std::string, ProgStats> bpfProgStats(const std::set<uint32_t>& only) {
 }
 
 // Other capturewatch-like programs loaded on the machine (another agent, a
-// test): they run on every TCP state change too and disturb the rates.
+// test, the kernel-cost part's stats floor, cwb_*, not yet freed): they run
+// on every TCP state change too and disturb the rates.
 size_t foreignBpfPrograms(const std::set<uint32_t>& ours) {
   size_t n = 0;
   uint32_t id = 0;
@@ -499,7 +500,10 @@ size_t foreignBpfPrograms(const std::set<uint32_t>& ours) {
     if (fd < 0) continue;
     bpf_prog_info info{};
     uint32_t len = sizeof info;
-    if (::bpf_obj_get_info_by_fd(fd, &info, &len) == 0 && std::strncmp(info.name, "cw_", 3) == 0) ++n;
+    if (::bpf_obj_get_info_by_fd(fd, &info, &len) == 0 &&
+        (std::strncmp(info.name, "cw_", 3) == 0 || std::strncmp(info.name, "cwb_", 4) == 0)) {
+      ++n;
+    }
     ::close(fd);
   }
   return n;
