@@ -313,8 +313,47 @@ int Agent::pollOnce(int timeout_ms) {
   return n;
 }
 
-void Agent::syncCounters() {
-  metrics_.syncKernel(probe_->counters());
+void Agent::logLosses(const ProbeCounters& kernel, bool final) {
+  // Counted in the metrics as they happen; logged too, so that whoever
+  // tails the logs sees that verdicts are missing and why: the first loss
+  // at once, later ones at most once a minute and at exit, each line with
+  // what was lost since the one before.
+  const uint64_t events = kernel.ringbuf_lost - losses_logged_.ringbuf_lost;
+  const uint64_t untracked = kernel.owner_insert_failed - losses_logged_.owner_insert_failed;
+  if (events == 0 && untracked == 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (!final && last_loss_warning_ != std::chrono::steady_clock::time_point{} &&
+      now - last_loss_warning_ < std::chrono::minutes(1)) {
+    return;
+  }
+  last_loss_warning_ = now;
+  logging::Fields f;
+  f["events_lost"] = events;
+  f["connections_lost"] = kernel.lost_active - losses_logged_.lost_active;
+  f["accepts_lost"] = kernel.lost_passive - losses_logged_.lost_passive;
+  f["sockets_not_tracked"] = untracked;
+  std::string why;
+  if (events > 0) {
+    why =
+        "the kernel's ring buffers were full: a burst larger than --ring-buffer-kb holds, or the "
+        "agent was not scheduled in time (give it more CPU); a connection whose own record was "
+        "lost has no verdict, one whose accept was lost is unknown";
+  }
+  if (untracked > 0) {
+    if (!why.empty()) why += "; ";
+    why +=
+        "sockets found both of their owner-table buckets full (--max-tracked-sockets): "
+        "their connections have no verdict";
+  }
+  f["why"] = why;
+  losses_logged_ = kernel;
+  logging::warn("records lost in the kernel", f);
+}
+
+void Agent::syncCounters(bool final) {
+  const ProbeCounters kernel = probe_->counters();
+  metrics_.syncKernel(kernel);
+  logLosses(kernel, final);
   // The owner table's keys, counted in its memory every 10 s (0.4 ms with
   // the default bound, 3.5 ms at a million). If it cannot be mapped, the
   // gauges keep their last values, and that is logged at warn at most once
@@ -412,7 +451,7 @@ void Agent::run(const std::atomic<bool>& stop,
   while (Clock::now() < drain_until) pollOnce(timeout_ms);
   probe_->flush();
   flushDecisions();
-  syncCounters();
+  syncCounters(true);
   publishGaps();
   reporter_.logSummary();
 }

@@ -90,7 +90,10 @@ class Agent {
   // Returns the number of ring-buffer records read.
   int pollOnce(int timeout_ms);
   void flushDecisions();
-  void syncCounters();
+  // final: at exit, when losses not yet logged are logged whatever the
+  // time since the last such line.
+  void syncCounters(bool final = false);
+  void logLosses(const ProbeCounters& kernel, bool final);
   void publishGaps();
   std::string notReady() const;
   void runPosted();
@@ -112,6 +115,10 @@ class Agent {
   std::chrono::steady_clock::time_point last_remap_warning_{};
   std::chrono::steady_clock::time_point next_tracked_read_{};
   std::chrono::steady_clock::time_point last_tracked_warning_{};
+  // The kernel's loss counters as of the last "records lost" line, and when
+  // it was written.
+  ProbeCounters losses_logged_{};
+  std::chrono::steady_clock::time_point last_loss_warning_{};
   uint64_t malformed_ = 0;
   uint64_t read_ = 0;
   uint64_t lost_accepts_seen_ = 0;

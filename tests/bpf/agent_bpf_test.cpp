@@ -432,6 +432,22 @@ TEST_F(AgentTest, TinyRingBufferLossesAddUpExactlyAndAreNeverGuessed) {
     EXPECT_NE(j.value("why", "").find("lost"), std::string::npos) << j.dump();
   }
   EXPECT_EQ(agent->stop(), 0) << agent->stderrText();
+
+  // The losses are logged too, at warn (the first at once, the rest at most
+  // once a minute and at exit): the lines' counts add up to the counters.
+  auto loss_lines = select(agent->lines(), [](const json& j) {
+    return j.value("msg", "") == "records lost in the kernel";
+  });
+  ASSERT_FALSE(loss_lines.empty()) << agent->stderrText();
+  double logged_events = 0, logged_connections = 0;
+  for (const auto& j : loss_lines) {
+    EXPECT_EQ(j.value("level", ""), "warning") << j.dump();
+    EXPECT_NE(j.value("why", "").find("ring buffers were full"), std::string::npos) << j.dump();
+    logged_events += j.value("events_lost", 0.0);
+    logged_connections += j.value("connections_lost", 0.0);
+  }
+  EXPECT_EQ(logged_events, lost_events);
+  EXPECT_EQ(logged_connections, lost_connections);
 }
 
 // Runs the agent in a child with fewer privileges or a hidden BTF file.
