@@ -320,7 +320,8 @@ void Agent::logLosses(const ProbeCounters& kernel, bool final) {
   // what was lost since the one before.
   const uint64_t events = kernel.ringbuf_lost - losses_logged_.ringbuf_lost;
   const uint64_t untracked = kernel.owner_insert_failed - losses_logged_.owner_insert_failed;
-  if (events == 0 && untracked == 0) return;
+  const uint64_t connections = kernel.lost_active - losses_logged_.lost_active;
+  if (events == 0 && untracked == 0 && connections == 0) return;
   const auto now = std::chrono::steady_clock::now();
   if (!final && last_loss_warning_ != std::chrono::steady_clock::time_point{} &&
       now - last_loss_warning_ < std::chrono::minutes(1)) {
@@ -329,7 +330,7 @@ void Agent::logLosses(const ProbeCounters& kernel, bool final) {
   last_loss_warning_ = now;
   logging::Fields f;
   f["events_lost"] = events;
-  f["connections_lost"] = kernel.lost_active - losses_logged_.lost_active;
+  f["connections_lost"] = connections;
   f["accepts_lost"] = kernel.lost_passive - losses_logged_.lost_passive;
   f["sockets_not_tracked"] = untracked;
   std::string why;
@@ -344,6 +345,11 @@ void Agent::logLosses(const ProbeCounters& kernel, bool final) {
     why +=
         "sockets found both of their owner-table buckets full (--max-tracked-sockets): "
         "their connections have no verdict";
+  }
+  if (why.empty()) {
+    why =
+        "an app socket was bound to the redirect port before its connect(): it is not tracked and "
+        "its connection has no verdict";
   }
   f["why"] = why;
   losses_logged_ = kernel;
