@@ -121,6 +121,9 @@ struct Options {
   std::string raw_attach;
   // Only read these results and pool their same-round ratios (--pool).
   std::vector<std::string> pool;
+  // Only hold an empty program on the agent's tracepoint this long
+  // (--empty-program; for --raw-attach).
+  double empty_program_s = 0;
 };
 
 // The help text keeps its columns (clang-format would break its long lines).
@@ -155,7 +158,11 @@ struct Options {
                "                        geometric mean, 95%% interval and budget decision\n"
                "  --raw-attach CMD      profiling: in \"on\" phases run `sh -c CMD` ({netns}: the pod's\n"
                "                        netns path, {sidecar_cgroup}) instead of the agent, e.g. a loader\n"
-               "                        of a BPF variant\n");
+               "                        of a BPF variant\n"
+               "  --empty-program S     run nothing else: hold an empty program (cwb_stats_floor) on the\n"
+               "                        agent's tracepoint for S seconds, then print its runs; with\n"
+               "                        --raw-attach '/abs/path/cw_bench --empty-program 600' the storms\n"
+               "                        show what the programs' runs alone cost\n");
   std::exit(status);
 }
 // clang-format on
@@ -199,6 +206,8 @@ Options parseArgs(int argc, char** argv) {
     else if (a == "--raw-attach") o.raw_attach = need(i);
     else if (a == "--pool")
       o.pool.push_back(need(i));
+    else if (a == "--empty-program")
+      o.empty_program_s = std::stod(need(i));
     else if (a == "--modes") {
       const std::string m = need(i);
       o.with_off = m == "off" || m == "both";
@@ -226,6 +235,7 @@ Options parseArgs(int argc, char** argv) {
   }
   if (o.rounds < 1 || o.rounds > 50 || o.cost_pairs < 1 || o.cost_pairs > 20 || o.duration_s <= 0 ||
       o.duration_s > 60 || o.concurrency < 1 || o.concurrency > 4096 || o.synthetic > 4'000'000 ||
+      !(o.empty_program_s >= 0 && o.empty_program_s <= 86400) ||
       std::any_of(o.holds.begin(), o.holds.end(), [](uint64_t n) { return n > kMaxHold; })) {
     std::fprintf(stderr, "cw_bench: option out of range\n");
     usage(2);
@@ -1347,12 +1357,29 @@ int pool(const Options& o) {
   return 0;
 }
 
+// --empty-program: an empty program on the agent's tracepoint, held until
+// the time is up or a signal comes (the end of a --raw-attach phase).
+int emptyProgram(const Options& o) {
+  const StatsFloor program;
+  const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(o.empty_program_s));
+  while (!g_interrupted.load() && Clock::now() < until) sleepFor(100ms);
+  const StatsFloor::Reading r = program.read();
+  std::printf("cwb_stats_floor: %llu runs", static_cast<unsigned long long>(r.runs));
+  if (r.runs > 0)
+    std::printf(", %.1f ns per run (kernel.bpf_stats_enabled)",
+                static_cast<double>(r.run_ns) / r.runs);
+  std::printf("\n");
+  return 0;
+}
+
 int run(const Options& o) {
   if (!o.pool.empty()) return pool(o);
   if (::geteuid() != 0) {
     std::fprintf(stderr, "cw_bench: run as root (BPF, network namespaces, iptables, cgroups)\n");
     return 2;
   }
+  if (o.empty_program_s > 0) return emptyProgram(o);
   for (const auto& bin : {o.agent}) {
     if (::access(bin.c_str(), X_OK) != 0) throw std::runtime_error("not executable: " + bin);
   }
