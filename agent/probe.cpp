@@ -333,9 +333,18 @@ int64_t Probe::trackedSockets() const {
 }
 
 ProbeCounters Probe::counters() const {
-  return ProbeCounters{sumCounter(CW_CNT_RINGBUF_LOST), sumCounter(CW_CNT_OWNER_INSERT_FAIL),
-                       sumCounter(CW_CNT_EVENTS),       sumCounter(CW_CNT_LOST_ACTIVE),
-                       sumCounter(CW_CNT_LOST_PASSIVE), runsSkipped()};
+  // What a loss lost (lost_active, lost_passive) is read before its cause
+  // (ringbuf_lost, owner_insert_failed), which the programs count first: a
+  // loss counted in the one read is then always in the other (the agent's
+  // "records lost" line names its cause from them).
+  ProbeCounters c;
+  c.lost_active = sumCounter(CW_CNT_LOST_ACTIVE);
+  c.lost_passive = sumCounter(CW_CNT_LOST_PASSIVE);
+  c.ringbuf_lost = sumCounter(CW_CNT_RINGBUF_LOST);
+  c.owner_insert_failed = sumCounter(CW_CNT_OWNER_INSERT_FAIL);
+  c.submitted = sumCounter(CW_CNT_EVENTS);
+  c.runs_skipped = runsSkipped();
+  return c;
 }
 
 }  // namespace cw
