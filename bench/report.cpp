@@ -255,13 +255,18 @@ void printTable(const json& r, std::ostream& out) {
            "(medians): BPF + agent CPU, share, and the on/off that this leaves (bpf_stats adds two "
            "clock\n"
            "reads per run: a little high):\n";
-    for (const auto& [path, c] : r["cost_share"].items()) {
-      out << "  " << path << ": " << thousands(c["bpf_ns_per_connection"]) << " + "
+    // "  path: BPF + agent ns of machine = share, on/off about ratio (", from
+    // the raw figures or those less the stats floor (`suffix`).
+    auto costLine = [&out](const std::string& path, const json& c, const std::string& suffix) {
+      out << "  " << path << ": " << thousands(c["bpf_ns_per_connection" + suffix]) << " + "
           << thousands(c["agent_ns_per_connection"]) << " ns of "
           << thousands(c["machine_ns_per_connection"]) << " = "
-          << fmt("%.1f%%", c["share"].get<double>() * 100) << ", on/off about "
-          << fmt("%.1f%%", c["ratio_expected"].get<double>() * 100) << " (97% leaves "
-          << thousands(c["ns_left_at_97_percent"]) << " ns; " << c["pairs"]
+          << fmt("%.1f%%", c["share" + suffix].get<double>() * 100) << ", on/off about "
+          << fmt("%.1f%%", c["ratio_expected" + suffix].get<double>() * 100) << " (";
+    };
+    for (const auto& [path, c] : r["cost_share"].items()) {
+      costLine(path, c, "");
+      out << "97% leaves " << thousands(c["ns_left_at_97_percent"]) << " ns; " << c["pairs"]
           << (c["pairs"].get<size_t>() == 1 ? " pair)\n" : " pairs)\n");
     }
     bool any_floor = false;
@@ -273,12 +278,8 @@ void printTable(const json& r, std::ostream& out) {
                "tracepoint in the same storm; the program's call is in it too: a little low):\n";
         any_floor = true;
       }
-      out << "  " << path << ": " << thousands(c["bpf_ns_per_connection_less_floor"]) << " + "
-          << thousands(c["agent_ns_per_connection"]) << " ns of "
-          << thousands(c["machine_ns_per_connection"]) << " = "
-          << fmt("%.1f%%", c["share_less_floor"].get<double>() * 100) << ", on/off about "
-          << fmt("%.1f%%", c["ratio_expected_less_floor"].get<double>() * 100) << " (floor "
-          << fmt("%.0f", c["stats_floor_ns_per_run"].get<double>()) << " ns per run)\n";
+      costLine(path, c, "_less_floor");
+      out << "floor " << fmt("%.0f", c["stats_floor_ns_per_run"].get<double>()) << " ns per run)\n";
     }
   }
   if (r.contains("unwatched")) {
