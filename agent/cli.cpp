@@ -42,7 +42,8 @@ void addCommon(po::options_description& desc, CommonRaw& raw, const char* defaul
   }
   desc.add_options()
       ("grace-ms", po::value<int>(&raw.grace_ms)->default_value(200),
-       "how long a connection waits for the sidecar's accept before it is reported bypassed")
+       "how long an open connection waits for the sidecar's accept before it is reported bypassed "
+       "(one that closes without it is reported at its close)")
       ("log-format", po::value<std::string>(&raw.log_format)->default_value("text"),
        "text | json (one JSON object per line)")
       ("log-level", po::value<std::string>(&raw.log_level)->default_value(default_level),

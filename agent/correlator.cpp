@@ -173,8 +173,22 @@ void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out)
   if (auto s = pending_by_sock_.find(SockId{ev.sock_id}); s != pending_by_sock_.end()) {
     // Still waiting for its accept: keep the outcome for the verdict. The
     // socket is gone, so its id no longer names this connection.
-    pendingConn(*s).outcome = outcomeFromClose(ev.flags, ev.bytes_received);
+    //
+    // Its accept cannot come any more: the sidecar's socket becomes
+    // ESTABLISHED (its accept record is made) before it sends anything, and
+    // the app's socket closes only on something the sidecar's sent (the ACK
+    // of its FIN, or the sidecar's FIN or reset), or by a reset of its own,
+    // after which no accept is made. Records come in time order, so an
+    // accept of this connection would have come before this close. So
+    // expire() decides it without waiting for the end of its grace window,
+    // while it is still in the cache (a bypassed storm's connections last a
+    // millisecond; waited for, each was decided 200 ms later from memory
+    // the storm had evicted: README Performance), unless an accept is
+    // unclaimed (conntrack may have remapped its port: lookUpRemaps).
+    const PendingIt it = *s;
+    pendingConn(it).outcome = outcomeFromClose(ev.flags, ev.bytes_received);
     pending_by_sock_.erase(s);
+    closed_pending_.push_back(ClosedPending{it, pending_pool_[it].gen, ev.ts_ns});
     return;
   }
   if (auto f = followed_.find(ev.sock_id); f != followed_.end()) {
@@ -189,18 +203,28 @@ void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out)
 
 void Correlator::expire(uint64_t now_ns, std::vector<Decision>& out) {
   if (remap_lookup_) lookUpRemaps(out);
+
+  // Closed without their accept (onActiveClosed). While an accept is
+  // unclaimed they wait for their grace window like the others.
+  if (accepts_.empty()) {
+    size_t kept = 0;
+    for (const ClosedPending& c : closed_pending_) {
+      if (pending_pool_[c.it].gen != c.gen) continue;  // decided or dropped since
+      if (c.closed_ns > now_ns) {
+        closed_pending_[kept++] = c;  // a clock ahead of now: at a later call
+        continue;
+      }
+      decideUnclaimed(c.it, now_ns, out);
+    }
+    closed_pending_.resize(kept);
+  } else {
+    closed_pending_.clear();
+  }
+
   if (now_ns < config_.grace_ns) return;
   const uint64_t cutoff = now_ns - config_.grace_ns;  // expired: ts + grace <= now
-
   for (PendingIt it = pending_head_; it != kNone && pendingConn(it).established_ns <= cutoff;) {
-    Connection conn = pendingConn(it);
-    // Its accept may be among the lost ones: never guess it a gap (or captured).
-    const bool maybe_lost = last_accept_loss_ns_ != 0 && last_accept_loss_ns_ >= conn.established_ns;
-    conn.verdict = maybe_lost ? Verdict::Unknown : Verdict::Bypassed;
-    conn.decided_ns = now_ns;
-    it = erasePending(it);
-    out.push_back(Decision{Decision::Type::Verdict, conn});
-    if (conn.verdict == Verdict::Bypassed && conn.outcome == Outcome::Open) follow(conn);
+    it = decideUnclaimed(it, now_ns, out);
   }
 
   for (auto it = accepts_by_time_.begin();
@@ -209,6 +233,19 @@ void Correlator::expire(uint64_t now_ns, std::vector<Decision>& out) {
     it = accepts_by_time_.erase(it);
     ++stats_.orphan_accepts;
   }
+}
+
+Correlator::PendingIt Correlator::decideUnclaimed(PendingIt it, uint64_t now_ns,
+                                                  std::vector<Decision>& out) {
+  Connection conn = pendingConn(it);
+  // Its accept may be among the lost ones: never guess it a gap (or captured).
+  const bool maybe_lost = last_accept_loss_ns_ != 0 && last_accept_loss_ns_ >= conn.established_ns;
+  conn.verdict = maybe_lost ? Verdict::Unknown : Verdict::Bypassed;
+  conn.decided_ns = now_ns;
+  const PendingIt next = erasePending(it);
+  out.push_back(Decision{Decision::Type::Verdict, conn});
+  if (conn.verdict == Verdict::Bypassed && conn.outcome == Outcome::Open) follow(conn);
+  return next;
 }
 
 void Correlator::forgetNetns(uint32_t netns) {
@@ -285,6 +322,7 @@ Correlator::PendingIt Correlator::erasePending(PendingIt it) {
   (slot.prev == kNone ? pending_head_ : pending_pool_[slot.prev].next) = next;
   (next == kNone ? pending_tail_ : pending_pool_[next].prev) = slot.prev;
   slot.prev = slot.next = kNone;
+  ++slot.gen;
   pending_free_.push_back(it);
   --pending_count_;
   return next;

@@ -104,9 +104,11 @@ class Correlator {
   void noteLostAccepts(uint64_t now_ns) { last_accept_loss_ns_ = now_ns; }
 
   // Looks up unclaimed accepts in conntrack (setRemapLookup), then decides
-  // every pending app connection whose grace window ended at now_ns
-  // (CLOCK_MONOTONIC, the clock of ConnEvent::ts_ns) as bypassed, and drops
-  // accepts no connection claimed. Call after draining events.
+  // as bypassed every pending app connection whose grace window ended at
+  // now_ns (CLOCK_MONOTONIC, the clock of ConnEvent::ts_ns), and every one
+  // whose close came at or before now_ns while no accept is unclaimed (its
+  // accept can no longer come: see onActiveClosed), and drops accepts no
+  // connection claimed. Call after draining events and noting lost accepts.
   void expire(uint64_t now_ns, std::vector<Decision>& out);
 
   size_t pendingConnections() const;
@@ -159,6 +161,7 @@ class Correlator {
     Connection conn;
     PendingIt prev = kNone;
     PendingIt next = kNone;
+    uint32_t gen = 0;  // changed when the slot is freed: names one connection with its index
   };
   Connection& pendingConn(PendingIt it) { return pending_pool_[it].conn; }
 
@@ -198,6 +201,9 @@ class Correlator {
   PendingIt erasePending(PendingIt it);
   void addAccept(const JoinKey& key, const Endpoint& local, uint64_t ts_ns);
   void eraseAccept(const JoinKey& key);
+  // Decides pending connection `it`, whose accept did not come, at now_ns;
+  // returns the next pending one.
+  PendingIt decideUnclaimed(PendingIt it, uint64_t now_ns, std::vector<Decision>& out);
   // The remap lookups of expire(); decisions for the accepts joined.
   void lookUpRemaps(std::vector<Decision>& out);
   // The pending connection with this original tuple, or kNone.
@@ -232,6 +238,15 @@ class Correlator {
   // Pending connections by join key.
   absl::flat_hash_set<PendingIt, ByKey, ByKey> pending_by_key_{0, ByKey{&pending_pool_},
                                                                ByKey{&pending_pool_}};
+  // Pending connections whose app socket closed, in order of their close:
+  // slot, its generation then, and the close's time. expire() decides them
+  // without waiting for their grace window to end (onActiveClosed).
+  struct ClosedPending {
+    PendingIt it;
+    uint32_t gen;
+    uint64_t closed_ns;
+  };
+  std::vector<ClosedPending> closed_pending_;
   // Accepts seen before their app connection (or whose app end conntrack
   // remapped): join key -> when, and the sidecar's end; the same oldest first.
   struct Accept {

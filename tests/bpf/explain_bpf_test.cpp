@@ -1,9 +1,13 @@
 // The agent names the reason of each gap from the pod's live rules: Istio's
 // own rule sets loaded into a lab pod, real connections, the real binary.
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "bpf_test_util.h"
 #include "lab/lab_pod.h"
@@ -119,10 +123,36 @@ TEST(ExplainPredates, ConnectionOpenedBeforeTheRulesWereInstalled) {
       [](const json& j) { return j.value("msg", "") == "no capture rules"; },
       std::chrono::seconds(5)));
 
-  auto r = pod->runClient(1000, 1000, pod->appCgroup(), pod->upstreamV4(), 1);
-  ASSERT_EQ(r.reset, 1);
+  // The app's connection is still open when the rules come: a connection
+  // that closed before them is decided at its close, when the pod had no
+  // rules (no-capture-rules). It sends nothing (the upstream resets
+  // plaintext) and is closed 1.5 s later, long after the rules are
+  // installed (iptables-restore takes tens of milliseconds) and long before
+  // the grace window ends.
+  lab::SpawnOptions options;
+  options.name = "envoy";
+  options.cgroup_dir = pod->appCgroup();
+  options.netns_path = pod->podNetnsPath();
+  options.uid = 1000;
+  options.gid = 1000;
+  const Endpoint upstream = pod->upstreamV4();
+  lab::ChildProcess client = lab::spawnInPod(options, [&upstream](int fd) {
+    sockaddr_storage ss{};
+    const socklen_t len = lab::toSockaddr(upstream, ss);
+    const int s = ::socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0 || ::connect(s, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+      throw std::runtime_error(std::string("connect: ") + std::strerror(errno));
+    }
+    lab::writeFrame(fd, lab::kFrameData, "connected");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    ::close(s);
+  });
+  const lab::Frame f = lab::readFrame(client.reportFd(),
+                                      std::chrono::steady_clock::now() + std::chrono::seconds(10));
+  ASSERT_EQ(f.type, lab::kFrameData) << "client: " << f.payload;
   lab::runChecked({"nsenter", "--net=" + pod->podNetnsPath(), "iptables-restore"},
                   "installing Istio's rules late", fixture("basic.iptables"));
+  if (!client.wait(std::chrono::seconds(5))) client.kill();
 
   ASSERT_EQ(agent->waitForCount(bypassedLine, 1, std::chrono::seconds(10)), 1u);
   for (const auto& j : agent->lines()) {

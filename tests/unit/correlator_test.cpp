@@ -554,6 +554,18 @@ TEST_F(RemapTest, RemappedAcceptJoinsTheConnectionOfItsConntrackEntry) {
   EXPECT_EQ(conntrack_.asked.size(), 1U);
 }
 
+// The remapped connection closed before the expire() that looks its accept
+// up: it is joined there, not decided bypassed for its close.
+TEST_F(RemapTest, ClosedRemappedConnectionJoinsBeforeItsCloseDecidesIt) {
+  conntrack_.answers[kRemapped] = found(40000, kSecondDst);
+  correlator_.setRemapLookup(conntrack_.lookup());
+  clash();
+  EXPECT_TRUE(feed(closed(2, kT0 + 200, CW_F_PEER_FIN)).empty());
+  expectVerdict(expire(kT0 + 1'000), Verdict::Captured, Outcome::PeerClosed, 2, kT0 + 105);
+  expectEmpty();
+  EXPECT_TRUE(expire(kT0 + 3 * kGrace).empty());
+}
+
 TEST_F(RemapTest, WithoutALookupTheRemappedConnectionIsBypassed) {
   clash();
   expectVerdict(expire(kT0 + 100 + kGrace), Verdict::Bypassed, Outcome::Open, 2,
@@ -658,17 +670,22 @@ struct CloseCase {
 class ClosedWhilePendingTest : public CorrelatorTest,
                                public ::testing::WithParamInterface<CloseCase> {};
 
-TEST_P(ClosedWhilePendingTest, BypassedWithRecordedOutcome) {
+// The app's socket closed before its accept came: the accept cannot come
+// any more (the sidecar's socket is established before it sends what the
+// app's close needs), so the connection is decided at the first expire()
+// that has the close, not at the end of its grace window.
+TEST_P(ClosedWhilePendingTest, BypassedWithRecordedOutcomeWhenItCloses) {
   const CloseCase& c = GetParam();
   EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
   EXPECT_TRUE(feed(closed(1, kT0 + 2'000'000, c.flags, c.bytes)).empty());
   EXPECT_EQ(correlator_.pendingConnections(), 1U);
-  EXPECT_TRUE(expire(kT0 + kGrace - 1).empty());
+  EXPECT_TRUE(expire(kT0 + 2'000'000 - 1).empty()) << "now before the close";
 
-  const auto out = expire(kT0 + kGrace);
-  expectVerdict(out, Verdict::Bypassed, c.outcome, 1, kT0 + kGrace);
+  const auto out = expire(kT0 + 2'000'000);
+  expectVerdict(out, Verdict::Bypassed, c.outcome, 1, kT0 + 2'000'000);
   EXPECT_EQ(out[0].conn.flags, CW_F_OWNER_KNOWN);  // the connect record's flags
   expectEmpty();                                   // already ended: not followed
+  EXPECT_TRUE(expire(kT0 + kGrace).empty()) << "reported once";
 }
 
 TEST_P(ClosedWhilePendingTest, CapturedWithRecordedOutcome) {
@@ -691,6 +708,53 @@ INSTANTIATE_TEST_SUITE_P(Outcomes, ClosedWhilePendingTest,
                            std::erase(name, '-');
                            return name + std::to_string(info.index);
                          });
+
+// While an accept is unclaimed (conntrack may have remapped its app's port;
+// without a remap lookup it is an orphan until its grace window ends), a
+// closed connection waits for its own grace window like an open one.
+TEST_F(CorrelatorTest, ClosedWhileAnAcceptIsUnclaimedWaitsForItsGraceWindow) {
+  EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
+  EXPECT_TRUE(feed(accepted(kT0 + 500, 41580)).empty());
+  EXPECT_TRUE(feed(closed(1, kT0 + 1'000, CW_F_RESET_RECEIVED)).empty());
+  EXPECT_TRUE(expire(kT0 + 1'000).empty());
+  EXPECT_TRUE(expire(kT0 + kGrace - 1).empty());
+  expectVerdict(expire(kT0 + kGrace), Verdict::Bypassed, Outcome::Reset, 1, kT0 + kGrace);
+
+  // Once no accept is unclaimed, a close is decided at once again.
+  EXPECT_TRUE(expire(kT0 + 500 + kGrace).empty());
+  EXPECT_EQ(correlator_.pendingAccepts(), 0U);
+  EXPECT_TRUE(feed(connected(2, kT0 + kGrace + 1'000, 40001)).empty());
+  EXPECT_TRUE(feed(closed(2, kT0 + kGrace + 2'000, CW_F_RESET_RECEIVED)).empty());
+  expectVerdict(expire(kT0 + kGrace + 2'000), Verdict::Bypassed, Outcome::Reset, 2,
+                kT0 + kGrace + 2'000);
+  expectEmpty();
+}
+
+// A connection that closed without its accept after accepts were lost is
+// unknown, as at the end of its grace window: the lost accept may be its own.
+TEST_F(CorrelatorTest, ClosedAfterAcceptsWereLostIsUnknown) {
+  EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
+  EXPECT_TRUE(feed(closed(1, kT0 + 1'000, CW_F_PEER_FIN)).empty());
+  correlator_.noteLostAccepts(kT0 + 1'500);
+  expectVerdict(expire(kT0 + 1'500), Verdict::Unknown, Outcome::PeerClosed, 1, kT0 + 1'500);
+  expectEmpty();
+}
+
+// A closed connection decided otherwise before the expire() that would have
+// decided it (its socket's id and slot reused meanwhile) is not decided again,
+// and the connection now in its slot is not decided for it.
+TEST_F(CorrelatorTest, ClosedConnectionDecidedMeanwhileIsDecidedOnce) {
+  EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
+  EXPECT_TRUE(feed(closed(1, kT0 + 1'000)).empty());
+  // Records of two CPUs out of order: its accept after its close.
+  expectVerdict(feed(accepted(kT0 + 900, 40000)), Verdict::Captured, Outcome::Closed, 1, kT0 + 900);
+  EXPECT_TRUE(feed(connected(1, kT0 + 2'000, 40001)).empty());  // takes the freed slot
+  EXPECT_EQ(correlator_.pendingConnections(), 1U);
+  EXPECT_TRUE(expire(kT0 + 3'000).empty());
+  EXPECT_EQ(correlator_.pendingConnections(), 1U);
+  expectVerdict(expire(kT0 + 2'000 + kGrace), Verdict::Bypassed, Outcome::Open, 1,
+                kT0 + 2'000 + kGrace);
+}
 
 TEST_F(CorrelatorTest, BypassedOpenThenCloseReportsOutcome) {
   EXPECT_TRUE(feed(connected(1, kT0, 40000)).empty());
