@@ -403,7 +403,7 @@ struct BenchPod {
 // out on both sides), and those the hypervisor gave to others while a CPU
 // wanted to run (steal): the machine's slow spells.
 struct MachineCpuS {
-  double busy = 0, steal = 0;
+  double busy = 0, steal = 0, idle = 0;
 };
 MachineCpuS machineCpuS() {
   std::ifstream in("/proc/stat");
@@ -413,7 +413,8 @@ MachineCpuS machineCpuS() {
   for (auto& x : v) in >> x;
   const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
   // user nice system idle iowait irq softirq steal guest guest_nice
-  return {static_cast<double>(v[0] + v[1] + v[2]) / tick, static_cast<double>(v[7]) / tick};
+  return {static_cast<double>(v[0] + v[1] + v[2]) / tick, static_cast<double>(v[7]) / tick,
+          static_cast<double>(v[3] + v[4]) / tick};
 }
 
 double cgroupCpuS(const std::string& dir) {
@@ -430,7 +431,7 @@ double cgroupCpuS(const std::string& dir) {
 // sidecar; the upstream; the agent) against the whole machine: what else ran
 // (other users' builds, ...) during a phase is noise the result must show.
 struct CpuMeter {
-  double busy = 0, steal = 0, ours = 0;
+  double busy = 0, steal = 0, idle = 0, ours = 0;
   Clock::time_point at;
   static CpuMeter read(const BenchPod& bp, pid_t agent) {
     CpuMeter m;
@@ -438,6 +439,7 @@ struct CpuMeter {
     const MachineCpuS machine = machineCpuS();
     m.busy = machine.busy;
     m.steal = machine.steal;
+    m.idle = machine.idle;
     m.ours = cgroupCpuS(std::filesystem::path(bp.pod->sidecarCgroup()).parent_path().string()) +
              procStats(bp.upstream.pid()).sched_cpu_s + (agent > 0 ? procStats(agent).sched_cpu_s : 0) +
              procStats(::getpid()).sched_cpu_s;
@@ -450,6 +452,11 @@ struct CpuMeter {
   // Share of the machine's CPU time the hypervisor stole between them, %.
   static double stealPct(const CpuMeter& a, const CpuMeter& b) {
     return pctOfMachine(a, b, b.steal - a.steal);
+  }
+  // Share of the machine's CPU time left idle between them, %: a storm that
+  // leaves some is not at the machine's limit (its closed loop waits).
+  static double idlePct(const CpuMeter& a, const CpuMeter& b) {
+    return pctOfMachine(a, b, b.idle - a.idle);
   }
   static double pctOfMachine(const CpuMeter& a, const CpuMeter& b, double cpu_s) {
     const double wall = std::chrono::duration<double>(b.at - a.at).count();
@@ -875,6 +882,7 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         phase["storm"] = stormJson(r);
         phase["storm"]["other_cpu_pct"] = CpuMeter::otherPct(cpu0, cpu1);
         phase["storm"]["steal_pct"] = CpuMeter::stealPct(cpu0, cpu1);
+        phase["storm"]["idle_pct"] = CpuMeter::idlePct(cpu0, cpu1);
         phase["storm"]["foreign_bpf_programs"] = std::max(foreign0, foreignBpfPrograms(our_progs));
         if (agent) {
           const Snapshot after = settle(*agent, *before, static_cast<double>(r.attempted), o);
@@ -891,11 +899,11 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         char line[256];
         std::snprintf(
             line, sizeof line,
-            "round %d %-8s agent %-3s %9.0f conn/s  (others: %4.1f%% CPU, steal %4.1f%%, %zu cw_ "
-            "programs)%s",
+            "round %d %-8s agent %-3s %9.0f conn/s  (others: %4.1f%% CPU, steal %4.1f%%, idle "
+            "%4.1f%%, %zu cw_ programs)%s",
             round + 1, name.c_str(), on ? "on" : "off", r.rate(),
             phase["storm"]["other_cpu_pct"].get<double>(),
-            phase["storm"]["steal_pct"].get<double>(),
+            phase["storm"]["steal_pct"].get<double>(), phase["storm"]["idle_pct"].get<double>(),
             phase["storm"]["foreign_bpf_programs"].get<size_t>(),
             on ? (phase["exact"].get<bool>() ? "  verdicts exact" : "  VERDICTS DIFFER") : "");
         progress(line);
