@@ -216,12 +216,7 @@ TEST_F(AgentTest, ReportsEveryVerdictExactlyOverIPv4AndIPv6) {
 // end, "address:port".
 std::string connectFromOnePort(const lab::LabPod& pod, const Address& local_addr,
                                const std::vector<Endpoint>& dsts) {
-  lab::SpawnOptions options;
-  options.name = "envoy";
-  options.cgroup_dir = pod.appCgroup();
-  options.netns_path = pod.podNetnsPath();
-  options.uid = 1000;
-  options.gid = 1000;
+  const lab::SpawnOptions options = testutil::appSpawnOptions(pod);
   lab::ChildProcess client = lab::spawnInPod(options, [&](int fd) {
     std::vector<int> socks;
     Endpoint local{local_addr, 0};

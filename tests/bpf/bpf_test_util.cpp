@@ -379,4 +379,14 @@ std::vector<std::string> loadedBpfProgramNames() {
   return names;
 }
 
+lab::SpawnOptions appSpawnOptions(const lab::LabPod& pod) {
+  lab::SpawnOptions options;
+  options.name = "envoy";
+  options.cgroup_dir = pod.appCgroup();
+  options.netns_path = pod.podNetnsPath();
+  options.uid = 1000;
+  options.gid = 1000;
+  return options;
+}
+
 }  // namespace cw::testutil

@@ -15,6 +15,9 @@
 #include <thread>
 #include <vector>
 
+#include "lab/lab_pod.h"
+#include "lab/spawn.h"
+
 namespace cw::testutil {
 
 // Privileged tests fail (never skip) when not run as root.
@@ -116,5 +119,9 @@ long bpfOwnerEntries(uint32_t first_bucket = 0);
 // (overflow_keys, the only variable of capture.bpf.c's .bss), summed over
 // the loaded agents; -1 if none is loaded.
 long bpfOverflowKeysCounter();
+
+// How the tests run the app: a child in the pod's netns and app cgroup, as
+// uid and gid 1000 (not the proxy's), with the gateway's comm "envoy".
+lab::SpawnOptions appSpawnOptions(const lab::LabPod& pod);
 
 }  // namespace cw::testutil

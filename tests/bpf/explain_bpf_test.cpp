@@ -129,12 +129,7 @@ TEST(ExplainPredates, ConnectionOpenedBeforeTheRulesWereInstalled) {
   // plaintext) and is closed 1.5 s later, long after the rules are
   // installed (iptables-restore takes tens of milliseconds) and long before
   // the grace window ends.
-  lab::SpawnOptions options;
-  options.name = "envoy";
-  options.cgroup_dir = pod->appCgroup();
-  options.netns_path = pod->podNetnsPath();
-  options.uid = 1000;
-  options.gid = 1000;
+  const lab::SpawnOptions options = testutil::appSpawnOptions(*pod);
   const Endpoint upstream = pod->upstreamV4();
   lab::ChildProcess client = lab::spawnInPod(options, [&upstream](int fd) {
     sockaddr_storage ss{};

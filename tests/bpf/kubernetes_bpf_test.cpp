@@ -244,12 +244,7 @@ class KubernetesTest : public ::testing::Test {
     pod_->startUpstream();
     if (with_sidecar) pod_->startSidecar();
 
-    lab::SpawnOptions options;
-    options.name = "envoy";
-    options.cgroup_dir = pod_->appCgroup();
-    options.netns_path = pod_->podNetnsPath();
-    options.uid = 1000;
-    options.gid = 1000;
+    const lab::SpawnOptions options = testutil::appSpawnOptions(*pod_);
     app_process_ = lab::spawnInPod(options, [](int fd) {
       lab::writeFrame(fd, lab::kFrameReady, "");
       ::sleep(600);  // killed by the test; dies with its thread in any case
