@@ -176,7 +176,7 @@ void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out)
     //
     // Its accept cannot come any more: the sidecar's socket becomes
     // ESTABLISHED (its accept record is made) before it sends anything, and
-    // the app's socket closes only on something the sidecar's sent (the ACK
+    // the app's socket closes only on something the sidecar sent (the ACK
     // of its FIN, or the sidecar's FIN or reset), or by a reset of its own,
     // after which no accept is made. Records come in time order, so an
     // accept of this connection would have come before this close. So
