@@ -173,41 +173,61 @@ Options parseArgs(int argc, char** argv) {
     if (i + 1 >= argc) usage(2);
     return argv[++i];
   };
+  // An option's value as a number (conv: std::stoi and the like, which throw
+  // on text that is not one): a usage error, not an abort.
+  auto number = [](const std::string& opt, const std::string& text, auto conv) {
+    try {
+      return conv(text);
+    } catch (const std::logic_error&) {  // std::invalid_argument, std::out_of_range
+      std::fprintf(stderr, "cw_bench: %s needs a number, got '%s'\n", opt.c_str(), text.c_str());
+      usage(2);
+    }
+  };
+  const auto toInt = [](const std::string& t) { return std::stoi(t); };
+  const auto toDouble = [](const std::string& t) { return std::stod(t); };
+  const auto toU64 = [](const std::string& t) { return static_cast<uint64_t>(std::stoull(t)); };
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--help" || a == "-h") usage(0);
     else if (a == "--out") o.out = need(i);
     else if (a == "--agent") o.agent = need(i);
     else if (a == "--micro") o.micro = need(i);
-    else if (a == "--rounds") o.rounds = std::stoi(need(i));
-    else if (a == "--duration") o.duration_s = std::stod(need(i));
-    else if (a == "--threads") o.threads = std::stoi(need(i));
-    else if (a == "--concurrency") o.concurrency = std::stoi(need(i));
-    else if (a == "--server-workers") o.server_workers = std::stoi(need(i));
+    else if (a == "--rounds")
+      o.rounds = number(a, need(i), toInt);
+    else if (a == "--duration")
+      o.duration_s = number(a, need(i), toDouble);
+    else if (a == "--threads")
+      o.threads = number(a, need(i), toInt);
+    else if (a == "--concurrency")
+      o.concurrency = number(a, need(i), toInt);
+    else if (a == "--server-workers")
+      o.server_workers = number(a, need(i), toInt);
     else if (a == "--hold") {
       o.holds.clear();
       std::stringstream ss(need(i));
       std::string n;
       while (std::getline(ss, n, ',')) {
-        if (const uint64_t v = std::stoull(n); v > 0) o.holds.push_back(v);
+        if (const uint64_t v = number(a, n, toU64); v > 0) o.holds.push_back(v);
       }
-    }
-    else if (a == "--synthetic") o.synthetic = std::stoull(need(i));
+    } else if (a == "--synthetic")
+      o.synthetic = number(a, need(i), toU64);
     else if (a == "--no-unwatched") o.unwatched = false;
     else if (a == "--no-memory") o.memory = false;
     else if (a == "--no-kernel-cost") o.kernel_cost = false;
-    else if (a == "--cost-pairs") o.cost_pairs = std::stoi(need(i));
+    else if (a == "--cost-pairs")
+      o.cost_pairs = number(a, need(i), toInt);
     else if (a == "--no-micro") o.run_micro = false;
     else if (a == "--micro-filter") o.micro_filter = need(i);
     else if (a == "--agent-arg") o.agent_args.push_back(need(i));
     else if (a == "--work-dir") o.work_dir = need(i);
-    else if (a == "--nice") o.nice = std::stoi(need(i));
+    else if (a == "--nice")
+      o.nice = number(a, need(i), toInt);
     else if (a == "--keep-logs") o.keep_logs = true;
     else if (a == "--raw-attach") o.raw_attach = need(i);
     else if (a == "--pool")
       o.pool.push_back(need(i));
     else if (a == "--empty-program")
-      o.empty_program_s = std::stod(need(i));
+      o.empty_program_s = number(a, need(i), toDouble);
     else if (a == "--modes") {
       const std::string m = need(i);
       o.with_off = m == "off" || m == "both";
