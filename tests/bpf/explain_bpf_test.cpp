@@ -154,6 +154,10 @@ TEST(ExplainPredates, ConnectionOpenedBeforeTheRulesWereInstalled) {
     if (bypassedLine(j)) {
       EXPECT_EQ(j["reason"], "predates-rules") << j.dump();
       EXPECT_EQ(j["uid"], 1000);
+      // Decided at its close (about 1.5 s after it was established), not at
+      // the end of its 2.5 s grace window.
+      EXPECT_LT(j["decided_after_ms"].get<double>(), 2400) << j.dump();
+      EXPECT_GE(j["decided_after_ms"].get<double>(), 1400) << j.dump();
     }
   }
   // A connection made now is captured: the rules really are in force.
