@@ -300,17 +300,29 @@ int Agent::pollOnce(int timeout_ms) {
   // settled time, which is the "now" up to which expire() decides. (A "now"
   // read before a wait that timed out was up to timeout_ms stale, which
   // delayed bypassed verdicts past grace + 50 ms.)
-  const int n = probe_->poll(timeout_ms);
+  //
+  // Lost accepts are noted before the read as well as after it: the read can
+  // decide connections (at the correlator's bound, see addPending), and an
+  // accept lost before the read began may be theirs. One lost during the read
+  // would have been stamped after every record the read hands out, too late
+  // to be theirs.
+  probe_->wait(timeout_ms);
+  noteLostAccepts();
+  const int n = probe_->drain();
   const uint64_t now = probe_->settledNs();
+  noteLostAccepts();
+  flushDecisions();
+  correlator_.expire(now, decisions_);
+  flushDecisions();
+  return n;
+}
+
+void Agent::noteLostAccepts() {
   if (const uint64_t lost = probe_->lostAccepts(); lost != lost_accepts_seen_) {
     // Accepts were lost: connections waiting for theirs become unknown.
     lost_accepts_seen_ = lost;
     correlator_.noteLostAccepts(monotonicNowNs());
   }
-  flushDecisions();
-  correlator_.expire(now, decisions_);
-  flushDecisions();
-  return n;
 }
 
 void Agent::logLosses(const ProbeCounters& kernel, bool final) {

@@ -89,6 +89,8 @@ class Agent {
   void scanTarget(const Target& target);
   // Returns the number of ring-buffer records read.
   int pollOnce(int timeout_ms);
+  // Reads the kernel's lost-accept counter; a change is noted in the correlator.
+  void noteLostAccepts();
   void flushDecisions();
   // final: at exit, when losses not yet logged are logged whatever the
   // time since the last such line.

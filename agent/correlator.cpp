@@ -135,7 +135,7 @@ void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>&
   } else if (isLocal(conn.src, conn.dst)) {
     conn.verdict = Verdict::Local;
   } else {
-    addPending(conn);
+    addPending(conn, out);
     return;
   }
   conn.decided_ns = ev.ts_ns;
@@ -270,10 +270,21 @@ void Correlator::forgetNetns(uint32_t netns) {
   }
 }
 
-void Correlator::addPending(const Connection& conn) {
+void Correlator::addPending(const Connection& conn, std::vector<Decision>& out) {
   if (config_.max_pending == 0) {
     ++stats_.pending_evicted;
     return;
+  }
+  // At the bound with the oldest one's grace window over by this record's
+  // time: a backlog came in one read (the agent was not scheduled for a
+  // while, and the records it then read were handed over before its next
+  // expire()). Records come in time order, so expire() may run at this
+  // record's time: the connections whose window is over are decided, not
+  // dropped unseen.
+  if (pending_count_ >= config_.max_pending && pending_head_ != kNone &&
+      conn.established_ns >= config_.grace_ns &&
+      pendingConn(pending_head_).established_ns <= conn.established_ns - config_.grace_ns) {
+    expire(conn.established_ns, out);
   }
   if (pending_count_ >= config_.max_pending) {
     // Drop the oldest without a verdict: its accept may still have come.

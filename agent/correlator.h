@@ -196,7 +196,7 @@ class Correlator {
   // Indexes slot `it` in `index`, replacing the slot of an equal key.
   template <typename Index>
   static void indexSlot(Index& index, PendingIt it);
-  void addPending(const Connection& conn);
+  void addPending(const Connection& conn, std::vector<Decision>& out);
   // Removes a pending entry and its index entries; returns the next one.
   PendingIt erasePending(PendingIt it);
   void addAccept(const JoinKey& key, const Endpoint& local, uint64_t ts_ns);

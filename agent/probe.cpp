@@ -212,13 +212,17 @@ void Probe::removeProxyCgroup(uint64_t cgroup_id) {
   bpf_map__delete_elem(skel_->maps.proxy_cgroups, &cgroup_id, sizeof cgroup_id, 0);
 }
 
-int Probe::poll(int timeout_ms) {
+void Probe::wait(int timeout_ms) {
   // Records left by the last read are there now: no wait (a ring the
   // reader is behind on does not wake it).
   epoll_event ev{};  // which ring does not matter: drain() reads them all
   if (::epoll_wait(epoll_fd_, &ev, 1, behind_ ? 0 : timeout_ms) < 0 && errno != EINTR) {
     throw ProbeError("ring buffer poll failed: " + std::string(strerror(errno)));
   }
+}
+
+int Probe::poll(int timeout_ms) {
+  wait(timeout_ms);
   return drain();
 }
 

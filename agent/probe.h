@@ -110,6 +110,9 @@ class Probe {
   // Waits up to timeout_ms for records, then reads every ring (drain()).
   // Returns the number of records read from the kernel (0 on timeout or EINTR).
   int poll(int timeout_ms);
+  // The wait alone: up to timeout_ms for a record (none if the last read
+  // left some behind).
+  void wait(int timeout_ms);
   // Reads the rings now, without waiting or relying on a wakeup, each up to
   // its share of read_budget, then again those that had more than their
   // share, until the budget is spent; and hands the handler, in time order,

@@ -909,6 +909,51 @@ TEST_F(BoundedCorrelatorTest, MaxPendingEvictsOldestWithoutVerdict) {
   EXPECT_EQ(out[1].conn.sock_id, 5U);
 }
 
+// A backlog read at once (the agent was not scheduled for a while): the
+// bound is reached before the next expire(), by connections whose grace
+// window is over by the time of the record that arrives. Those are decided
+// at that record's time (records come in time order), not dropped unseen.
+TEST_F(BoundedCorrelatorTest, AtTheBoundConnectionsWhoseWindowEndedAreDecidedNotDropped) {
+  for (uint64_t i = 1; i <= 3; ++i) {
+    EXPECT_TRUE(feed(connected(i, kT0 + i, static_cast<uint16_t>(40000 + i))).empty());
+  }
+  // By kT0 + 2 + grace the windows of 1 and 2 are over, not 3's.
+  const uint64_t t4 = kT0 + 2 + kGrace;
+  const auto out = feed(connected(4, t4, 40004));
+  ASSERT_EQ(out.size(), 2U);
+  for (size_t k = 0; k < 2; ++k) {
+    EXPECT_EQ(out[k].type, Decision::Type::Verdict);
+    EXPECT_EQ(out[k].conn.verdict, Verdict::Bypassed) << toString(out[k].conn.verdict);
+    EXPECT_EQ(out[k].conn.sock_id, k + 1);
+    EXPECT_EQ(out[k].conn.decided_ns, t4);
+  }
+  EXPECT_EQ(correlator_.stats().pending_evicted, 0U);
+  EXPECT_EQ(correlator_.pendingConnections(), 2U);
+
+  // At the bound again with no window over (3's ends at t4 + 1): the oldest
+  // is dropped, as before.
+  EXPECT_TRUE(feed(connected(5, t4, 40005)).empty());
+  EXPECT_TRUE(feed(connected(6, t4, 40006)).empty());
+  EXPECT_EQ(correlator_.stats().pending_evicted, 1U);
+  EXPECT_EQ(correlator_.pendingConnections(), 3U);
+  // 3 was the one dropped: its accept joins nothing.
+  EXPECT_TRUE(feed(accepted(t4 + 3, 40003)).empty());
+  expectVerdict(feed(accepted(t4 + 4, 40004)), Verdict::Captured, Outcome::Open, 4, t4 + 4);
+}
+
+TEST_F(BoundedCorrelatorTest, AtTheBoundAfterLostAcceptsTheDecidedAreUnknown) {
+  for (uint64_t i = 1; i <= 3; ++i) {
+    EXPECT_TRUE(feed(connected(i, kT0 + i, static_cast<uint16_t>(40000 + i))).empty());
+  }
+  correlator_.noteLostAccepts(kT0 + 10);  // their accepts may be among the lost
+  const auto out = feed(connected(4, kT0 + 3 + kGrace, 40004));
+  ASSERT_EQ(out.size(), 3U);
+  for (const Decision& d : out) {
+    EXPECT_EQ(d.conn.verdict, Verdict::Unknown) << toString(d.conn.verdict);
+  }
+  EXPECT_EQ(correlator_.stats().pending_evicted, 0U);
+}
+
 TEST_F(BoundedCorrelatorTest, MaxPendingBoundsAccepts) {
   for (uint16_t port = 1; port <= 5; ++port) {
     EXPECT_TRUE(feed(accepted(kT0 + port, static_cast<uint16_t>(40000 + port))).empty());
