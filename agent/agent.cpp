@@ -301,16 +301,16 @@ int Agent::pollOnce(int timeout_ms) {
   // read before a wait that timed out was up to timeout_ms stale, which
   // delayed bypassed verdicts past grace + 50 ms.)
   //
-  // Lost accepts are noted before the read as well as after it: the read can
-  // decide connections (at the correlator's bound, see addPending), and an
-  // accept lost before the read began may be theirs. One lost during the read
-  // would have been stamped after every record the read hands out, too late
-  // to be theirs.
+  // Lost accepts are noted after the wait and before the read: the read can
+  // decide connections (at the correlator's bound, see addPending), and so
+  // can the expire() after it, and an accept lost before the read began may
+  // be theirs. One lost during the read would have been stamped after every
+  // record the read hands out, so after the end of the grace window of every
+  // connection decided now: it is noted before the next read.
   probe_->wait(timeout_ms);
   noteLostAccepts();
   const int n = probe_->drain();
   const uint64_t now = probe_->settledNs();
-  noteLostAccepts();
   flushDecisions();
   correlator_.expire(now, decisions_);
   flushDecisions();

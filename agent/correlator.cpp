@@ -281,8 +281,7 @@ void Correlator::addPending(const Connection& conn, std::vector<Decision>& out) 
   // expire()). Records come in time order, so expire() may run at this
   // record's time: the connections whose window is over are decided, not
   // dropped unseen.
-  if (pending_count_ >= config_.max_pending && pending_head_ != kNone &&
-      conn.established_ns >= config_.grace_ns &&
+  if (pending_count_ >= config_.max_pending && conn.established_ns >= config_.grace_ns &&
       pendingConn(pending_head_).established_ns <= conn.established_ns - config_.grace_ns) {
     expire(conn.established_ns, out);
   }
