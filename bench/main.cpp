@@ -98,6 +98,9 @@ struct Options {
   bool keep_logs = false;
   int rounds = 5;
   double duration_s = 3.0;
+  // Idle time before every storm, after its agent is ready (--rest): see
+  // restBeforeStorm().
+  double rest_s = 1.0;
   int threads = 0;        // storm threads; 0: nproc
   int concurrency = 64;   // per storm thread
   int server_workers = 0;  // 0: nproc
@@ -136,6 +139,7 @@ struct Options {
                "  --micro PATH          cw_bench_micro binary\n"
                "  --rounds N            off/on rounds per path (5)\n"
                "  --duration S          seconds per storm (3)\n"
+               "  --rest S              idle seconds before every storm, the agent ready (1; 0: none)\n"
                "  --threads N           storm threads (nproc)\n"
                "  --concurrency N       connections in flight per storm thread (64)\n"
                "  --server-workers N    threads of each bench server (nproc)\n"
@@ -196,6 +200,8 @@ Options parseArgs(int argc, char** argv) {
       o.rounds = number(a, need(i), toInt);
     else if (a == "--duration")
       o.duration_s = number(a, need(i), toDouble);
+    else if (a == "--rest")
+      o.rest_s = number(a, need(i), toDouble);
     else if (a == "--threads")
       o.threads = number(a, need(i), toInt);
     else if (a == "--concurrency")
@@ -254,7 +260,8 @@ Options parseArgs(int argc, char** argv) {
     }
   }
   if (o.rounds < 1 || o.rounds > 50 || o.cost_pairs < 1 || o.cost_pairs > 20 || o.duration_s <= 0 ||
-      o.duration_s > 60 || o.concurrency < 1 || o.concurrency > 4096 || o.synthetic > 4'000'000 ||
+      o.duration_s > 60 || !(o.rest_s >= 0 && o.rest_s <= 60) || o.concurrency < 1 ||
+      o.concurrency > 4096 || o.synthetic > 4'000'000 ||
       !(o.empty_program_s >= 0 && o.empty_program_s <= 86400) ||
       std::any_of(o.holds.begin(), o.holds.end(), [](uint64_t n) { return n > kMaxHold; })) {
     std::fprintf(stderr, "cw_bench: option out of range\n");
@@ -413,7 +420,7 @@ struct BenchPod {
   // levels and the other parts an hour more).
   static std::chrono::seconds serverLifetime(const Options& o) {
     const double storms = 2.0 * static_cast<double>(o.paths.size()) * (o.rounds + o.cost_pairs) + 4;
-    const double per_storm = o.duration_s + 20 + 15 + (o.grace_ms / 1000.0) + 7;
+    const double per_storm = o.duration_s + o.rest_s + 20 + 15 + (o.grace_ms / 1000.0) + 7;
     return std::chrono::seconds(static_cast<int64_t>(storms * per_storm) + 3600);
   }
 };
@@ -848,6 +855,17 @@ void waitForAgentProgramsFreed() {
   while (foreignBpfPrograms({}) > 0 && Clock::now() < until) sleepFor(50ms);
 }
 
+// The same idle time before every storm, once its agent (if any) is ready.
+// Without it, a storm with the agent off that followed another one started at
+// once, in the wake of the first (its sockets still being freed), while every
+// storm with the agent on started after the agent's start: a null control
+// (--raw-attach 'sleep 900', nothing attached) measured on/off 101.0%
+// [100.2-101.8%] over 50 rounds; with a second of rest before each storm,
+// 100.0% [99.1-101.0%] (README Performance, session 19).
+void restBeforeStorm(const Options& o) {
+  if (o.rest_s > 0) sleepFor(std::chrono::milliseconds(static_cast<int64_t>(o.rest_s * 1000)));
+}
+
 // Rounds of every path with the agent off and on, alternated (off,on then
 // on,off, ...), each path's two storms back to back (an agent is started for
 // each "on" storm): the machine's drift, which moves the rate by 10-20% over
@@ -888,6 +906,8 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         }
         checkInterrupted();
         const PathSpec path = pathSpec(name);
+        restBeforeStorm(o);
+        checkInterrupted();
         std::optional<Snapshot> before;
         if (agent) before = snapshot(*agent);
         const CpuMeter cpu0 = CpuMeter::read(bp, agent ? agent->pid() : -1);
@@ -1051,6 +1071,7 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
       for (int k = 0; k < 2; ++k) {
         if ((k == 0) == (pair % 2 == 0)) {
           waitForAgentProgramsFreed();
+          restBeforeStorm(o);
           checkInterrupted();
           rate_off = runStorm(bp, path, stormConfig(bp, o)).rate();
           continue;
@@ -1069,6 +1090,8 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
         } catch (const std::exception& e) {
           if (pair == 0) progress(std::string(e.what()) + ": BPF run times are given without it");
         }
+        restBeforeStorm(o);
+        checkInterrupted();
         const Snapshot before = snapshot(agent);
         const auto stats0 = bpfProgStats(ids);
         const StatsFloor::Reading floor0 =
@@ -1451,6 +1474,7 @@ int run(const Options& o) {
   result["started"] = today();
   result["options"] = {{"rounds", o.rounds},
                        {"duration_s", o.duration_s},
+                       {"rest_s", o.rest_s},
                        {"threads", o.threads},
                        {"concurrency", o.concurrency},
                        {"server_workers", o.server_workers},
