@@ -864,6 +864,7 @@ void waitForAgentProgramsFreed() {
 // 100.0% [99.1-101.0%] (README Performance, session 19).
 void restBeforeStorm(const Options& o) {
   if (o.rest_s > 0) sleepFor(std::chrono::milliseconds(static_cast<int64_t>(o.rest_s * 1000)));
+  checkInterrupted();
 }
 
 // Rounds of every path with the agent off and on, alternated (off,on then
@@ -907,7 +908,6 @@ json stormRounds(const BenchPod& bp, const Options& o, const std::string& work_d
         checkInterrupted();
         const PathSpec path = pathSpec(name);
         restBeforeStorm(o);
-        checkInterrupted();
         std::optional<Snapshot> before;
         if (agent) before = snapshot(*agent);
         const CpuMeter cpu0 = CpuMeter::read(bp, agent ? agent->pid() : -1);
@@ -1072,7 +1072,6 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
         if ((k == 0) == (pair % 2 == 0)) {
           waitForAgentProgramsFreed();
           restBeforeStorm(o);
-          checkInterrupted();
           rate_off = runStorm(bp, path, stormConfig(bp, o)).rate();
           continue;
         }
@@ -1091,7 +1090,6 @@ json kernelCostPart(const BenchPod& bp, const Options& o, const std::string& wor
           if (pair == 0) progress(std::string(e.what()) + ": BPF run times are given without it");
         }
         restBeforeStorm(o);
-        checkInterrupted();
         const Snapshot before = snapshot(agent);
         const auto stats0 = bpfProgStats(ids);
         const StatsFloor::Reading floor0 =
