@@ -110,6 +110,8 @@ class Agent {
   std::unique_ptr<HttpServer> http_;
   std::unique_ptr<Probe> probe_;
   std::vector<Target> targets_;
+  // Decisions waiting to be reported: at most a batch (Correlator::setSpill).
+  static constexpr size_t kDecisionBatch = 1024;
   std::vector<Decision> decisions_;
   ConnEvent event_;  // each record is decoded into this one
   // One per watched netns that needed a remap lookup; dropped with its target.

@@ -126,7 +126,7 @@ void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>&
     } else {
       conn.verdict = Verdict::Captured;
       conn.decided_ns = ev.ts_ns;
-      out.push_back(Decision{Decision::Type::Verdict, conn});
+      decide(out, Decision::Type::Verdict, conn);
       return;
     }
   }
@@ -139,7 +139,7 @@ void Correlator::onActiveEstablished(const ConnEvent& ev, std::vector<Decision>&
     return;
   }
   conn.decided_ns = ev.ts_ns;
-  out.push_back(Decision{Decision::Type::Verdict, conn});
+  decide(out, Decision::Type::Verdict, conn);
 }
 
 void Correlator::onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out) {
@@ -153,17 +153,18 @@ void Correlator::onActiveFailed(const ConnEvent& ev, std::vector<Decision>& out)
                                                : Verdict::Bypassed;
   conn.outcome = (ev.flags & CW_F_RESET_RECEIVED) != 0 ? Outcome::Refused : Outcome::Failed;
   conn.decided_ns = ev.ts_ns;
-  out.push_back(Decision{Decision::Type::Verdict, conn});
+  decide(out, Decision::Type::Verdict, conn);
 }
 
 void Correlator::onPassiveEstablished(const ConnEvent& ev, std::vector<Decision>& out) {
   const JoinKey key{ev.netns, ev.dst};  // the accepted socket's peer is the app's end
   if (auto k = pending_by_key_.find(key); k != pending_by_key_.end()) {
     const PendingIt it = *k;
-    out.push_back(Decision{Decision::Type::Verdict, pendingConn(it)});
-    out.back().conn.verdict = Verdict::Captured;
-    out.back().conn.decided_ns = ev.ts_ns;
+    Connection conn = pendingConn(it);
+    conn.verdict = Verdict::Captured;
+    conn.decided_ns = ev.ts_ns;
     erasePending(it);
+    decide(out, Decision::Type::Verdict, conn);
     return;
   }
   addAccept(key, ev.src, ev.ts_ns);
@@ -192,10 +193,11 @@ void Correlator::onActiveClosed(const ConnEvent& ev, std::vector<Decision>& out)
     return;
   }
   if (auto f = followed_.find(ev.sock_id); f != followed_.end()) {
-    out.push_back(Decision{Decision::Type::Outcome, f->second.conn});
-    out.back().conn.outcome = outcomeFromClose(ev.flags, ev.bytes_received);
+    Connection conn = f->second.conn;
+    conn.outcome = outcomeFromClose(ev.flags, ev.bytes_received);
     followed_order_.erase(f->second.seq);
     followed_.erase(f);
+    decide(out, Decision::Type::Outcome, conn);
   }
   // Otherwise a connection already reported closed (captured, proxy, local,
   // or evicted): nothing to report.
@@ -243,7 +245,7 @@ Correlator::PendingIt Correlator::decideUnclaimed(PendingIt it, uint64_t now_ns,
   conn.verdict = maybe_lost ? Verdict::Unknown : Verdict::Bypassed;
   conn.decided_ns = now_ns;
   const PendingIt next = erasePending(it);
-  out.push_back(Decision{Decision::Type::Verdict, conn});
+  decide(out, Decision::Type::Verdict, conn);
   if (conn.verdict == Verdict::Bypassed && conn.outcome == Outcome::Open) follow(conn);
   return next;
 }
@@ -360,11 +362,12 @@ void Correlator::lookUpRemaps(std::vector<Decision>& out) {
       continue;
     }
     ++stats_.remap_joined;
-    out.push_back(Decision{Decision::Type::Verdict, pendingConn(p)});
-    out.back().conn.verdict = Verdict::Captured;
-    out.back().conn.decided_ns = stamp.first;
+    Connection conn = pendingConn(p);
+    conn.verdict = Verdict::Captured;
+    conn.decided_ns = stamp.first;
     erasePending(p);
     eraseAccept(key);
+    decide(out, Decision::Type::Verdict, conn);
   }
   // Entries of accepts claimed since are only skipped above: drop them in
   // bulk before they outnumber the accepts they could name.

@@ -95,6 +95,18 @@ class Correlator {
   // decided bypassed and its accept counted as an orphan.
   void setRemapLookup(RemapLookup lookup) { remap_lookup_ = std::move(lookup); }
 
+  // Hands the `out` of the call under way to `spill` each time the call has
+  // brought it to `batch` decisions; spill must take them (leave out empty)
+  // and not call the correlator.
+  // Without one, out grows by all that one call decides: a read of a
+  // backlog (every proxy, local or captured record decides a connection),
+  // or an expire() after a stall (up to max_pending).
+  using Spill = std::function<void(std::vector<Decision>& out)>;
+  void setSpill(size_t batch, Spill spill) {
+    spill_batch_ = batch;
+    spill_ = std::move(spill);
+  }
+
   // Feeds one event; decisions reached are appended to out.
   void onEvent(const ConnEvent& ev, std::vector<Decision>& out);
 
@@ -142,6 +154,11 @@ class Correlator {
     return dst.addr.isLoopback() || dst.addr == src.addr;
   }
   static Connection connectionOf(const ConnEvent& ev);
+  // Appends a decision to out, spilled at the batch (setSpill).
+  void decide(std::vector<Decision>& out, Decision::Type type, const Connection& conn) {
+    out.push_back(Decision{type, conn});
+    if (spill_ && out.size() >= spill_batch_) spill_(out);
+  }
 
   // True for a record seen already; unlinks the entries of an earlier
   // connection on the same (reused) socket otherwise.
@@ -258,6 +275,8 @@ class Correlator {
   // Accepts not looked up in conntrack yet, in arrival order (entries of
   // accepts claimed or dropped since are skipped); only with a lookup set.
   RemapLookup remap_lookup_;
+  Spill spill_;
+  size_t spill_batch_ = 0;
   std::deque<std::pair<Stamp, JoinKey>> remap_queue_;
   // Bypassed connections reported Open, waiting for their close, by sock_id;
   // followed_order_ (seq -> sock_id) finds the oldest to evict. Node-based:

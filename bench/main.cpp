@@ -108,6 +108,9 @@ struct Options {
   // Concurrent connections held in the memory test, one level after the
   // other (empty: skip).
   std::vector<uint64_t> holds = {100'000, 1'000'000};
+  // The agent is stopped this long as the held connections start opening
+  // (--stall-agent): it then reads their records as one backlog.
+  double stall_agent_s = 0;
   uint64_t synthetic = 1'000'000;
   std::vector<std::string> paths = {"captured", "bypassed", "proxy"};
   bool unwatched = true;
@@ -146,6 +149,10 @@ struct Options {
                "  --paths LIST          of captured,bypassed,proxy (all)\n"
                "  --hold LIST           concurrent connections held in the memory test, one level\n"
                "                        after the other, each at most 1000000 (100000,1000000; 0 skips)\n"
+               "  --stall-agent S       memory test: the agent is stopped (SIGSTOP) for S seconds, at most\n"
+               "                        30, as the connections start opening, so that it reads their\n"
+               "                        records as one backlog (0: never; with --agent-arg\n"
+               "                        --ring-buffer-kb for rings that hold them)\n"
                "  --synthetic N         connections of the synthetic correlator memory test (1000000)\n"
                "  --no-unwatched --no-memory --no-micro --no-kernel-cost   skip a part\n"
                "  --cost-pairs N        off/on storm pairs per path measuring the cost share (3)\n"
@@ -215,7 +222,9 @@ Options parseArgs(int argc, char** argv) {
       while (std::getline(ss, n, ',')) {
         if (const uint64_t v = number(a, n, toU64); v > 0) o.holds.push_back(v);
       }
-    } else if (a == "--synthetic")
+    } else if (a == "--stall-agent")
+      o.stall_agent_s = number(a, need(i), toDouble);
+    else if (a == "--synthetic")
       o.synthetic = number(a, need(i), toU64);
     else if (a == "--no-unwatched") o.unwatched = false;
     else if (a == "--no-memory") o.memory = false;
@@ -263,6 +272,7 @@ Options parseArgs(int argc, char** argv) {
       o.duration_s > 60 || !(o.rest_s >= 0 && o.rest_s <= 60) || o.concurrency < 1 ||
       o.concurrency > 4096 || o.synthetic > 4'000'000 ||
       !(o.empty_program_s >= 0 && o.empty_program_s <= 86400) ||
+      !(o.stall_agent_s >= 0 && o.stall_agent_s <= 30) ||
       std::any_of(o.holds.begin(), o.holds.end(), [](uint64_t n) { return n > kMaxHold; })) {
     std::fprintf(stderr, "cw_bench: option out of range\n");
     usage(2);
@@ -1262,6 +1272,30 @@ uint64_t tcpSocketsInUse(pid_t pid) {
   return total;
 }
 
+// Stops a process (SIGSTOP) for `seconds`, or until destroyed if sooner.
+class Stall {
+ public:
+  Stall(pid_t pid, double seconds) : pid_(pid) {
+    if (::kill(pid_, SIGSTOP) != 0)
+      throw std::runtime_error("SIGSTOP: " + std::string(strerror(errno)));
+    thread_ = std::jthread([this, seconds](const std::stop_token& stop) {
+      const auto until = Clock::now() + std::chrono::duration<double>(seconds);
+      while (!stop.stop_requested() && Clock::now() < until) std::this_thread::sleep_for(20ms);
+      ::kill(pid_, SIGCONT);
+    });
+  }
+  Stall(const Stall&) = delete;
+  Stall& operator=(const Stall&) = delete;
+  ~Stall() {
+    thread_.request_stop();
+    thread_.join();
+  }
+
+ private:
+  pid_t pid_;
+  std::jthread thread_;
+};
+
 // `n` real concurrent connections, held open, with the agent on: captured
 // (uid 1000 -> sidecar) then bypassed (uid 1337 -> upstream). The servers do
 // not accept in hold mode: the connections wait, established, in their
@@ -1329,7 +1363,10 @@ json holdPart(BenchPod& bp, const Options& o, uint64_t n, const std::string& wor
     c.hold = true;
     c.hold_timeout_s = 60;
     json phase;
+    std::optional<Stall> stall;
+    if (o.stall_agent_s > 0) stall.emplace(agent.pid(), o.stall_agent_s);
     const StormResult r = holdStorms(bp, path, c, n, [&](uint64_t held) {
+      stall.reset();  // if they all opened before its end
       // Every verdict of the held connections reported (bypassed after the
       // grace window), counters synced: measure while they are all open.
       const Snapshot s = settle(agent, before, static_cast<double>(held), o, 20s);
@@ -1352,6 +1389,7 @@ json holdPart(BenchPod& bp, const Options& o, uint64_t n, const std::string& wor
     phase["agent"].erase("latency_buckets");
     compareVerdicts(phase);
     phase["agent_peak_rss_mib"] = after.proc.hwm_kib / 1024.0;
+    phase["agent_stalled_s"] = o.stall_agent_s;
     agent.stop();
     progress("hold " + name + ": " + std::to_string(phase.value("held", 0)) +
              " concurrent connections, agent peak RSS " +
@@ -1479,6 +1517,7 @@ int run(const Options& o) {
                        {"grace_ms", o.grace_ms},
                        {"paths", o.paths},
                        {"hold", o.holds},
+                       {"stall_agent_s", o.stall_agent_s},
                        {"cost_pairs", o.cost_pairs},
                        {"synthetic", o.synthetic},
                        {"agent", o.agent},

@@ -985,6 +985,75 @@ TEST_F(BoundedCorrelatorTest, MaxFollowedEvictsOldest) {
   expectEmpty();
 }
 
+// With a spill set, the decisions one vector collects (a read of many
+// records, an expiry of many connections) are handed over a batch at a time,
+// in the order they were decided, and the vector never holds more than one
+// batch.
+class SpillTest : public CorrelatorTest {
+ protected:
+  static constexpr size_t kBatch = 3;
+  SpillTest() {
+    correlator_.setSpill(kBatch, [this](std::vector<Decision>& out) {
+      EXPECT_EQ(&out, &out_);
+      EXPECT_EQ(out.size(), kBatch);
+      spills_.push_back(out.size());
+      taken_.insert(taken_.end(), out.begin(), out.end());
+      out.clear();
+    });
+  }
+  // What was decided so far: the spilled batches, then what out_ holds.
+  std::vector<uint64_t> decidedSocks() const {
+    std::vector<uint64_t> socks;
+    for (const auto* v : {&taken_, &out_}) {
+      for (const Decision& d : *v) socks.push_back(d.conn.sock_id);
+    }
+    return socks;
+  }
+  std::vector<Decision> out_;
+  std::vector<Decision> taken_;
+  std::vector<size_t> spills_;
+};
+
+TEST_F(SpillTest, ARunOfRecordsIsSpilledInBatchesInOrder) {
+  // Seven connections decided by their own records: five of the proxy, one
+  // captured by its accept, one local.
+  for (uint64_t i = 1; i <= 5; ++i) {
+    ConnEvent ev = connected(i, kT0 + i, static_cast<uint16_t>(40000 + i));
+    ev.cgroup_id = kProxyCgroup;
+    correlator_.onEvent(ev, out_);
+    EXPECT_LE(out_.size(), kBatch);
+  }
+  correlator_.onEvent(connected(6, kT0 + 6, 40006), out_);
+  correlator_.onEvent(accepted(kT0 + 7, 40006), out_);
+  correlator_.onEvent(connected(7, kT0 + 8, 40007, ep("127.0.0.1", 9000)), out_);
+  EXPECT_EQ(spills_, (std::vector<size_t>{kBatch, kBatch}));
+  ASSERT_EQ(out_.size(), 1U);
+  EXPECT_EQ(decidedSocks(), (std::vector<uint64_t>{1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_EQ(taken_[5].conn.verdict, Verdict::Captured) << toString(taken_[5].conn.verdict);
+  EXPECT_EQ(out_[0].conn.verdict, Verdict::Local) << toString(out_[0].conn.verdict);
+}
+
+TEST_F(SpillTest, AnExpiryOfManyIsSpilledWhileItGoesOn) {
+  for (uint64_t i = 1; i <= 8; ++i) {
+    correlator_.onEvent(connected(i, kT0 + i, static_cast<uint16_t>(40000 + i)), out_);
+  }
+  EXPECT_TRUE(out_.empty());
+  correlator_.expire(kT0 + 8 + kGrace, out_);
+  EXPECT_EQ(spills_, (std::vector<size_t>{kBatch, kBatch}));
+  EXPECT_EQ(decidedSocks(), (std::vector<uint64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
+  for (const auto* v : {&taken_, &out_}) {
+    for (const Decision& d : *v) EXPECT_EQ(d.conn.verdict, Verdict::Bypassed);
+  }
+  // Their outcomes come as they close, spilled the same way.
+  out_.clear();
+  taken_.clear();
+  for (uint64_t i = 1; i <= 4; ++i) correlator_.onEvent(closed(i, kT0 + 2 * kGrace, 0, 10), out_);
+  EXPECT_EQ(spills_.size(), 3U);
+  EXPECT_EQ(decidedSocks(), (std::vector<uint64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(taken_[0].type, Decision::Type::Outcome);
+  EXPECT_EQ(out_[0].conn.outcome, Outcome::Data) << toString(out_[0].conn.outcome);
+}
+
 TEST(CorrelatorHashTest, KeysThatDifferOnlyInOnePartJoinSeparately) {
   // Same port, addresses and netns in every combination: each accept finds
   // exactly its own connection.
