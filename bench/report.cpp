@@ -303,9 +303,14 @@ void printTable(const json& r, std::ostream& out) {
           out << "  " << path << ": " << thousands(p.value("held", 0)) << " concurrent, agent RSS "
               << fmt("%.1f", a["rss_kib"].get<double>() / 1024) << " MiB while held, peak "
               << fmt("%.1f", p["agent_peak_rss_mib"].get<double>()) << " MiB; verdicts "
-              << (p["exact"].get<bool>() ? "exact" : "DIFFER") << " (" << p["agent"]["verdicts"].dump()
-              << "), owner insert failures " << p["agent"]["owner_insert_failed"]
+              << (p["exact"].get<bool>() ? "exact" : "DIFFER") << " ("
+              << p["agent"]["verdicts"].dump() << "), records lost " << p["agent"]["events_lost"]
+              << ", owner insert failures " << p["agent"]["owner_insert_failed"]
               << ", correlator evictions " << p["agent"]["correlator_evictions"];
+          if (p.value("agent_stalled_s", 0.0) > 0) {
+            out << "; the agent stopped for " << fmt("%.1f", p["agent_stalled_s"].get<double>())
+                << " s as they opened";
+          }
           if (p.contains("agent_bpf_maps_while_held")) {
             out << "; BPF maps "
                 << fmt("%.1f", p["agent_bpf_maps_while_held"]["total_memlock_bytes"].get<double>() / 1048576)
