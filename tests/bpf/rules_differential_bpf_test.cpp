@@ -536,14 +536,25 @@ void clientRole(int report_fd, const Identity& who, const std::vector<Attempt>& 
     const Destination& d = batch[i].dest;
     const Address dst = mustParse(d.addr);
     Pending& p = pending[i];
-    p.fd.reset(
-        ::socket(dst.isV4() ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     // An explicit bind(port 0) gives every connection its own source port,
     // so REDIRECT never has to remap one to keep the tuples unique.
     sockaddr_storage ss{};
     const std::string any = dst.isV4() ? "0.0.0.0" : "::";
     socklen_t len = toSockaddr(mustParse(d.bind.empty() ? any : d.bind), 0, ss);
-    if (!p.fd || ::bind(p.fd.get(), reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    const auto bindNew = [&] {
+      p.fd.reset(
+          ::socket(dst.isV4() ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+      return p.fd && ::bind(p.fd.get(), reinterpret_cast<sockaddr*>(&ss), len) == 0;
+    };
+    bool bound = bindNew();
+    // The destination's own port (40001, in the ephemeral range) would
+    // connect the socket to itself on a local address with no listener (TCP
+    // simultaneous open; CI saw it once): take another while holding it.
+    for (int tries = 0; bound && tries < 3 && localEnd(p.fd.get()).port == d.port; ++tries) {
+      const UniqueFd held = std::move(p.fd);
+      bound = bindNew();
+    }
+    if (!bound) {
       p.status = std::string("error: bind: ") + std::strerror(errno);
       continue;
     }
