@@ -1026,7 +1026,7 @@ TEST_F(SpillTest, ARunOfRecordsIsSpilledInBatchesInOrder) {
   correlator_.onEvent(connected(6, kT0 + 6, 40006), out_);
   correlator_.onEvent(accepted(kT0 + 7, 40006), out_);
   correlator_.onEvent(connected(7, kT0 + 8, 40007, ep("127.0.0.1", 9000)), out_);
-  EXPECT_EQ(spills_, (std::vector<size_t>{kBatch, kBatch}));
+  ASSERT_EQ(spills_, (std::vector<size_t>{kBatch, kBatch}));
   ASSERT_EQ(out_.size(), 1U);
   EXPECT_EQ(decidedSocks(), (std::vector<uint64_t>{1, 2, 3, 4, 5, 6, 7}));
   EXPECT_EQ(taken_[5].conn.verdict, Verdict::Captured) << toString(taken_[5].conn.verdict);
@@ -1039,7 +1039,7 @@ TEST_F(SpillTest, AnExpiryOfManyIsSpilledWhileItGoesOn) {
   }
   EXPECT_TRUE(out_.empty());
   correlator_.expire(kT0 + 8 + kGrace, out_);
-  EXPECT_EQ(spills_, (std::vector<size_t>{kBatch, kBatch}));
+  ASSERT_EQ(spills_, (std::vector<size_t>{kBatch, kBatch}));
   EXPECT_EQ(decidedSocks(), (std::vector<uint64_t>{1, 2, 3, 4, 5, 6, 7, 8}));
   for (const auto* v : {&taken_, &out_}) {
     for (const Decision& d : *v) EXPECT_EQ(d.conn.verdict, Verdict::Bypassed);
@@ -1048,7 +1048,8 @@ TEST_F(SpillTest, AnExpiryOfManyIsSpilledWhileItGoesOn) {
   out_.clear();
   taken_.clear();
   for (uint64_t i = 1; i <= 4; ++i) correlator_.onEvent(closed(i, kT0 + 2 * kGrace, 0, 10), out_);
-  EXPECT_EQ(spills_.size(), 3U);
+  ASSERT_EQ(spills_.size(), 3U);
+  ASSERT_EQ(out_.size(), 1U);
   EXPECT_EQ(decidedSocks(), (std::vector<uint64_t>{1, 2, 3, 4}));
   EXPECT_EQ(taken_[0].type, Decision::Type::Outcome);
   EXPECT_EQ(out_[0].conn.outcome, Outcome::Data) << toString(out_[0].conn.outcome);
